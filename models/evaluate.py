@@ -1,0 +1,91 @@
+"""Metrics, threshold table and plots for a checkpoint on any labelled folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from gensift.models.calibrate import calibrated_probs, choose_threshold, operating_point
+from gensift.models.checkpoint import load_classifier
+from gensift.models.data import scan_folder
+from gensift.models.device import resolve_device
+from gensift.models.predictor import eval_loader, forward_batches, prepare_for_inference
+from gensift.models.presets import EvalPreset
+from gensift.models.report import write_report
+
+
+@dataclass
+class EvaluateResult:
+    report_dir: Path
+    metrics: dict[str, Any]
+
+
+def default_report_dir(checkpoint: Path, data: Path) -> Path:
+    """``models/quality.safetensors`` on ``~/held-out`` -> ``models/quality.eval-held-out``."""
+    return checkpoint.with_name(f"{checkpoint.stem}.eval-{data.resolve().name or 'data'}")
+
+
+def evaluate(
+    checkpoint: Path,
+    data: Path,
+    report: Path | None = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    target_precision: float | None = None,
+) -> EvaluateResult:
+    """Run ``checkpoint`` over ``data/<class>/*`` and write a report.
+
+    The threshold table is computed on this data for the checkpoint's target
+    classes, at ``target_precision`` (default: the one it was trained for);
+    ``at_checkpoint_threshold`` shows how the threshold stored in the
+    checkpoint does here.
+    """
+    model, meta = load_classifier(checkpoint)
+    scan = scan_folder(data, meta.classes)
+    torch_device = resolve_device(device)
+    model = prepare_for_inference(model, torch_device)
+    preset = EvalPreset(meta.image_size, meta.normalization)
+    n_workers = workers if workers is not None else min(4, (os.cpu_count() or 1) - 1)
+    loader = eval_loader(scan.samples, preset, batch_size, n_workers, torch_device)
+    logits, labels_t = forward_batches(
+        model, loader, torch_device, desc="evaluate", show_progress=sys.stderr.isatty()
+    )
+    probs = calibrated_probs(logits, meta.temperature).numpy()
+    labels = labels_t.numpy()
+    stored = meta.thresholds
+    targets = stored.get("target_classes") or meta.classes
+    precision = target_precision or stored.get("target_precision") or 0.95
+    thresholds = choose_threshold(probs, labels, meta.classes, targets, precision)
+    thresholds["at_checkpoint_threshold"] = operating_point(
+        probs, labels, meta.classes, targets, meta.threshold
+    )
+    report_dir = report or default_report_dir(checkpoint, data)
+    metrics = write_report(
+        report_dir,
+        classes=meta.classes,
+        labels=labels,
+        probs=probs,
+        paths=[s.path for s in scan.samples],
+        accuracy_key="accuracy",
+        temperature=meta.temperature,
+        thresholds=thresholds,
+        extra={
+            "stage": meta.stage,
+            "arch": meta.arch,
+            "checkpoint": str(checkpoint),
+            "checkpoint_id": meta.id,
+            "checkpoint_threshold": meta.threshold,
+            "data": str(data),
+            "device": str(torch_device),
+            "skipped_files": [{"path": str(p), "problem": why} for p, why in scan.skipped],
+        },
+    )
+    logger.info("wrote report {}", report_dir)
+    return EvaluateResult(report_dir, metrics)
