@@ -1,0 +1,324 @@
+"""The ``gensift`` command.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Errors a
+user can fix are printed as one paragraph naming the file, key or path at
+fault; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from loguru import logger
+
+from gensift.daemon.config import ConfigError, Settings, load_config, render_settings
+from gensift.daemon.logs import setup_logging
+from gensift.models.errors import InputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for (exit code 2)."""
+
+
+def _package_version() -> str:
+    try:
+        return version("gensift")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="CONFIG",
+        help="config file (default: $GENSIFT_CONFIG, else the user config dir's "
+        "gensift/config.toml; a missing default file means built-in defaults)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gensift",
+        description="Sift an image generator's output: a calibrated quality -> feature "
+        "classifier cascade that moves, quarantines or leaves each new image.",
+    )
+    parser.add_argument("--version", action="version", version=f"gensift {_package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_config(commands)
+    return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="fine-tune one stage from a folder of class subfolders",
+        description="Fine-tune the quality or feature stage from DIR/<class>/<image> "
+        "(png, jpg, jpeg, webp). Writes a checkpoint (calibrated, with a threshold for the "
+        "target precision) and a report folder with metrics.json and plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("stage", choices=["quality", "feature"], help="which stage to train")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="class-folder tree")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument(
+        "--val-split",
+        type=_unit_interval,
+        default=0.2,
+        help="share of each class held out for validation (stratified, seeded)",
+    )
+    val.add_argument(
+        "--val-data", type=Path, metavar="DIR", help="a separate validation class-folder tree"
+    )
+    p.add_argument(
+        "--arch",
+        default="resnet50",
+        choices=["resnet50", "resnet18", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"],
+        help="backbone architecture",
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        metavar="imagenet|none|PATH",
+        help="starting weights: torchvision's ImageNet weights (downloaded once), none "
+        "(random), or a torchvision weights file (.pth or .safetensors) for offline machines",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from an earlier gensift checkpoint's backbone (and head, when the "
+        "classes are the same): staged transfer learning",
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="train only the head, on backbone features computed once (fast on CPU; both "
+        "stages trained this way on the same weights share one backbone at inference)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="maximum epochs (default 10, or 60 with --freeze-backbone); early stopping may "
+        "end sooner",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help="epochs training only the head before full fine-tuning (default 1 from "
+        "pretrained or --init-from weights, 0 from scratch)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="stop after this many epochs without better validation accuracy "
+        "(default 3, or 10 with --freeze-backbone)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=224, help="side of the square network input"
+    )
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="head learning rate (the backbone gets a tenth)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "onecycle"],
+        default="cosine",
+        help="learning-rate schedule (both with warm-up)",
+    )
+    p.add_argument(
+        "--target-precision",
+        type=_unit_interval,
+        help="validation precision the stored threshold must reach (default 0.99 for the "
+        "quality stage's reject classes, 0.95 for feature classes)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="image-decoding worker processes (default: by device and CPU count)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, sampling and init")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="checkpoint to write (default: the stage's checkpoint path in the config, where "
+        "the daemon reads it; replaced atomically)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default: beside the checkpoint, named after it: "
+        "quality.safetensors -> quality.report/)",
+    )
+    _add_config_option(p)
+    p.set_defaults(handler=_run_train)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="metrics, confusion matrix and threshold table on labelled data",
+        description="Run CHECKPOINT over DIR/<class>/<image> and write a report (metrics.json "
+        "with accuracy, confusion matrix, per-class precision/recall/f1, the precision / "
+        "coverage table, and plots). Folder names must be classes of the checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .safetensors checkpoint")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="class-folder tree")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default: beside the checkpoint, <stem>.eval-<data folder name>/)",
+    )
+    p.add_argument(
+        "--target-precision",
+        type=_unit_interval,
+        help="precision for the threshold computed on this data (default: the checkpoint's)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", type=int, help="image-decoding worker processes")
+    _add_config_option(p)
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _add_config(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("config", help="configuration tools")
+    sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = sub.add_parser(
+        "check",
+        help="validate a config and print the effective settings",
+        description="Validate the config file (and GENSIFT_<SECTION>__<KEY> environment "
+        "overrides) and print the effective settings as TOML. Exit code 2 on any error.",
+    )
+    _add_config_option(check)
+    check.set_defaults(handler=_run_config_check)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_config(args.config)
+    setup_logging(settings.log)
+    return settings
+
+
+def _run_config_check(args: argparse.Namespace) -> int:
+    settings = load_config(args.config)
+    sys.stdout.write(render_settings(settings))
+    return EXIT_OK
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from gensift.models.report import format_per_class_table, format_threshold_table
+    from gensift.models.train import TrainOptions, train
+
+    settings = _settings(args)
+    stage_settings = getattr(settings.stages, args.stage)
+    out = args.out or stage_settings.checkpoint
+    if out is None:
+        raise UsageError(
+            f"no --out given and stages.{args.stage}.checkpoint is empty in the config; "
+            "say where to write the checkpoint"
+        )
+    result = train(
+        TrainOptions(
+            stage=args.stage,
+            data=args.data,
+            out=out,
+            report=args.report,
+            val_data=args.val_data,
+            val_split=args.val_split,
+            arch=args.arch,
+            weights=args.weights,
+            init_from=args.init_from,
+            epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            lr=args.lr,
+            schedule=args.schedule,
+            freeze_backbone=args.freeze_backbone,
+            target_precision=args.target_precision,
+            target_classes=settings.stages.quality.reject_classes
+            if args.stage == "quality"
+            else None,
+            device=args.device,
+            workers=args.workers,
+            seed=args.seed,
+        )
+    )
+    if result is None:  # a non-zero torchrun rank
+        return EXIT_OK
+    print(format_per_class_table(result.metrics))
+    print(format_threshold_table(result.metrics["thresholds"]))
+    print(f"checkpoint: {result.checkpoint} (id {result.meta.id})")
+    print(f"report:     {result.report_dir}")
+    return EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from gensift.models.evaluate import evaluate
+    from gensift.models.report import format_per_class_table, format_threshold_table
+
+    _settings(args)
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        args.report,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        target_precision=args.target_precision,
+    )
+    print(format_per_class_table(result.metrics))
+    print(format_threshold_table(result.metrics["thresholds"]))
+    print(f"report: {result.report_dir}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("gensift: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, UsageError, InputError) as exc:
+        print(f"gensift: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:  # noqa: BLE001 - the last resort: log the traceback, exit 1
+        logger.exception("gensift {} failed", args.command)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
