@@ -1,0 +1,114 @@
+"""Shared fixtures: images the tests draw, tiny trained checkpoints, and hygiene checks."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loguru import logger
+from PIL import Image, ImageDraw
+
+#: the tiny-model settings every training test uses: fast on two CPU cores, no downloads
+TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
+
+
+def draw(kind: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """An image of a visually distinct kind.
+
+    keep:    a smooth gradient with a solid ellipse (a clean "generation")
+    reject:  coarse random noise (a broken one)
+    red / blue / stripes: three feature classes
+    """
+    if kind == "reject":
+        noise = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+        return Image.fromarray(noise).resize((size, size), Image.Resampling.NEAREST)
+    base = np.linspace(0, 1, size)[None, :, None] * rng.uniform(60, 160, 3)
+    img = Image.fromarray(np.broadcast_to(base + 40, (size, size, 3)).astype(np.uint8))
+    pen = ImageDraw.Draw(img)
+    a, b = rng.integers(4, size // 3, 2)
+    box = (a, b, a + rng.integers(size // 3, size // 2), b + rng.integers(size // 3, size // 2))
+    if kind == "keep":
+        pen.ellipse(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    elif kind == "red":
+        pen.ellipse(box, fill=(230, int(rng.integers(0, 60)), 30))
+    elif kind == "blue":
+        pen.rectangle(box, fill=(20, int(rng.integers(0, 60)), 230))
+    elif kind == "stripes":
+        for x in range(0, size, 6):
+            pen.line((x, 0, x, size), fill=(250, 250, 250), width=2)
+    else:
+        raise ValueError(kind)
+    return img
+
+
+def make_dataset(root: Path, counts: dict[str, int], seed: int = 0, suffix: str = ".png") -> Path:
+    """Write ``root/<class>/<class>_<i><suffix>`` images of each drawn kind."""
+    rng = np.random.default_rng(seed)
+    for kind, n in counts.items():
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            draw(kind, rng).save(folder / f"{kind}_{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def quality_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("quality"), {"keep": 40, "reject": 40})
+
+
+@pytest.fixture(scope="session")
+def trained_quality(tmp_path_factory: pytest.TempPathFactory, quality_data: Path) -> Path:
+    """A tiny quality checkpoint trained once for the whole session (fine-tuning path)."""
+    from gensift.daemon.cli import main
+
+    out = tmp_path_factory.mktemp("models") / "quality.safetensors"
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _reset_loguru() -> Iterator[None]:
+    """Each test starts and ends with one loguru sink writing to the current stderr."""
+
+    def restore() -> None:
+        logger.remove()
+        logger.add(lambda message: sys.stderr.write(message), level="INFO")
+
+    restore()
+    yield
+    restore()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running (after a short grace period)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"

@@ -1,0 +1,52 @@
+"""``gensift train`` under ``torchrun`` with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from gensift.models.checkpoint import read_checkpoint
+
+
+@pytest.mark.parametrize("mode", [[], ["--freeze-backbone"]], ids=["finetune", "frozen"])
+def test_two_process_torchrun_writes_one_checkpoint(
+    tmp_path: Path, quality_data: Path, mode: list[str]
+) -> None:
+    out = tmp_path / "quality.safetensors"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "gensift.daemon.cli",
+        "train",
+        "quality",
+        "--data",
+        str(quality_data),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        *TINY,
+        *mode,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, meta = read_checkpoint(out, stage="quality")
+    assert meta.metrics["val_count"] == 16  # rank 0 validated on the whole held-out set
+    assert (tmp_path / "quality.report" / "metrics.json").is_file()
+    assert "2 processes" in done.stderr
+    assert done.stdout.count("checkpoint:") == 1  # only rank 0 reports

@@ -1,0 +1,311 @@
+"""``gensift train`` and ``gensift evaluate`` end to end, on images the tests draw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, make_dataset
+from PIL import Image
+
+from gensift.daemon.cli import main
+from gensift.models.checkpoint import read_checkpoint
+
+PLOTS = {"confusion_matrix.png", "curves.png", "reliability.png", "confident_errors.png"}
+
+
+def _metrics(report: Path) -> dict:
+    return json.loads((report / "metrics.json").read_text())
+
+
+def test_training_learns_and_writes_checkpoint_and_report(trained_quality: Path) -> None:
+    _tensors, meta = read_checkpoint(trained_quality, stage="quality")
+    report = trained_quality.with_name("quality.report")
+    metrics = _metrics(report)
+
+    # Clearly better than chance (0.5) on held-out images.
+    assert metrics["val_accuracy"] >= 0.8
+    assert meta.classes == ["keep", "reject"] == metrics["classes"]
+    assert meta.thresholds["target_classes"] == ["reject"]
+    assert meta.thresholds["target_precision"] == 0.99
+    assert set(metrics["per_class"]) == {"keep", "reject"}
+    for row in metrics["per_class"].values():
+        assert set(row) >= {"precision", "recall", "f1", "support"}
+    cm = metrics["confusion_matrix"]
+    assert sum(map(sum, cm)) == metrics["count"] == 16  # 20 % of 2 x 40
+    assert metrics["temperature"] == meta.temperature > 0
+    assert {"threshold", "precision", "coverage", "table"} <= set(metrics["thresholds"])
+    assert metrics["checkpoint_id"] == meta.id
+    assert len(metrics["history"]) == 3
+    for name in PLOTS:
+        with Image.open(report / name) as img:
+            assert img.format == "PNG" and img.width > 100
+
+
+def test_calibration_did_not_raise_validation_nll(trained_quality: Path) -> None:
+    _, meta = read_checkpoint(trained_quality)
+    assert meta.metrics["val_nll"] <= meta.metrics["val_nll_uncalibrated"] + 1e-9
+
+
+def test_stored_threshold_meets_target_on_validation_data(trained_quality: Path) -> None:
+    _, meta = read_checkpoint(trained_quality)
+    t = meta.thresholds
+    if t["reached"]:
+        assert t["precision"] >= t["target_precision"]
+    else:  # the stage must then never act on anything short of certainty
+        assert t["threshold"] == 1.0
+
+
+def test_train_prints_the_per_class_table(
+    tmp_path: Path, quality_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "q.safetensors"
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--report",
+            str(tmp_path / "rep"),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "keep" in printed and "reject" in printed and "precision" in printed
+    assert str(out) in printed and str(tmp_path / "rep") in printed
+    assert (tmp_path / "rep" / "metrics.json").is_file()
+
+
+def test_out_defaults_to_the_configured_checkpoint(tmp_path: Path, quality_data: Path) -> None:
+    target = tmp_path / "models" / "quality.safetensors"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[stages.quality]\ncheckpoint = "{target.as_posix()}"\n')
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "-c",
+            str(config),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    assert read_checkpoint(target)[1].stage == "quality"
+    assert (tmp_path / "models" / "quality.report" / "metrics.json").is_file()
+    leftovers = [p.name for p in target.parent.iterdir() if p.name.startswith(".gensift-tmp")]
+    assert leftovers == []
+
+
+def test_evaluate_writes_a_report_that_counts_every_image(
+    tmp_path: Path, trained_quality: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = make_dataset(tmp_path / "held-out", {"keep": 7, "reject": 5}, seed=42)
+    (data / "keep" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report = tmp_path / "eval"
+
+    rc = main(
+        [
+            "evaluate",
+            str(trained_quality),
+            "--data",
+            str(data),
+            "--report",
+            str(report),
+            "--device",
+            "cpu",
+        ]
+    )
+
+    assert rc == 0
+    metrics = _metrics(report)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12 == metrics["count"]
+    assert metrics["accuracy"] >= 0.8
+    assert [s["path"] for s in metrics["skipped_files"]] == [str(data / "keep" / "broken.png")]
+    assert "at_checkpoint_threshold" in metrics["thresholds"]
+    for name in PLOTS - {"curves.png"}:
+        assert (report / name).is_file()
+    assert "precision" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_folders_that_are_not_classes_of_the_model(
+    tmp_path: Path, trained_quality: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = make_dataset(tmp_path / "other", {"red": 2, "blue": 2})
+    rc = main(["evaluate", str(trained_quality), "--data", str(data), "--device", "cpu"])
+    assert rc == 2
+    assert "not classes of the model" in capsys.readouterr().err
+
+
+def test_freeze_backbone_trains_the_head_and_init_from_keeps_the_backbone(
+    tmp_path: Path, quality_data: Path, trained_quality: Path
+) -> None:
+    feature_data = make_dataset(tmp_path / "feature", {"red": 12, "blue": 12, "stripes": 12})
+    out = tmp_path / "feature.safetensors"
+
+    rc = main(
+        [
+            "train",
+            "feature",
+            "--data",
+            str(feature_data),
+            "--out",
+            str(out),
+            "--init-from",
+            str(trained_quality),
+            "--freeze-backbone",
+            "--epochs",
+            "30",
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+
+    assert rc == 0
+    q_tensors, q_meta = read_checkpoint(trained_quality)
+    f_tensors, f_meta = read_checkpoint(out, stage="feature")
+    # --init-from started from the given backbone, and freezing kept it exactly.
+    assert f_meta.backbone_digest == q_meta.backbone_digest
+    for name, tensor in q_tensors.items():
+        if name.startswith("backbone."):
+            assert torch.equal(tensor, f_tensors[name])
+    assert f_meta.frozen_backbone and f_meta.classes == ["blue", "red", "stripes"]
+    assert f_meta.metrics["val_accuracy"] > 0.5  # chance is 1/3
+
+
+def test_init_from_fine_tuning_starts_from_the_checkpoint(
+    tmp_path: Path, quality_data: Path, trained_quality: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "q2.safetensors"
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "--out",
+            str(out),
+            "--init-from",
+            str(trained_quality),
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    # One warm-up epoch trains only the head: the backbone is the earlier checkpoint's.
+    assert (
+        read_checkpoint(out)[1].backbone_digest
+        == read_checkpoint(trained_quality)[1].backbone_digest
+    )
+    assert "backbone and head from quality.safetensors" in capsys.readouterr().err
+
+
+def test_init_from_a_different_architecture_is_refused(
+    tmp_path: Path, quality_data: Path, trained_quality: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "--out",
+            str(tmp_path / "x"),
+            "--init-from",
+            str(trained_quality),
+            "--arch",
+            "mobilenet_v3_large",
+            "--weights",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 2
+    assert "resnet18 checkpoint, but --arch is mobilenet_v3_large" in capsys.readouterr().err
+
+
+def test_quality_stage_needs_its_reject_class_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = make_dataset(tmp_path / "d", {"keep": 3, "stripes": 3})
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "q"),
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert rc == 2
+    assert "stages.quality.reject_classes" in capsys.readouterr().err
+
+
+def test_unsafe_class_folder_is_refused_by_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = make_dataset(tmp_path / "d", {"keep": 3, "reject": 3})
+    (data / "CON").mkdir()
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "q"),
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert rc == 2
+    assert "'CON'" in capsys.readouterr().err
+
+
+def test_missing_device_is_a_clear_usage_error(
+    tmp_path: Path, quality_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    rc = main(
+        [
+            "train",
+            "quality",
+            "--data",
+            str(quality_data),
+            "--out",
+            str(tmp_path / "q"),
+            "--device",
+            "cuda",
+            *TINY,
+        ]
+    )
+    assert rc == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
