@@ -36,7 +36,11 @@ def forward_batches(
     desc: str = "",
     show_progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``module`` over ``loader``'s (images, labels) batches; (outputs, labels) on CPU."""
+    """Run ``module`` in eval mode over ``loader``'s (images, labels); (outputs, labels) on CPU.
+
+    Training callers switch back with ``module.train()`` at the start of each epoch.
+    """
+    module.eval()
     amp = autocast_dtype(device)
     outputs, labels = [], []
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not show_progress):

@@ -436,7 +436,7 @@ class _Trainer:
             scheduler.step()
             n = len(labels)
             sums += torch.tensor(
-                [float(loss) * n, float((logits.argmax(1) == labels).sum()), n],
+                [float(loss.detach()) * n, float((logits.argmax(1) == labels).sum()), n],
                 dtype=torch.float64,
             )
             bar.set_postfix(loss=f"{float(loss):.3f}")

@@ -7,16 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import TINY
 
 from gensift.models.checkpoint import read_checkpoint
 
 
-@pytest.mark.parametrize("mode", [[], ["--freeze-backbone"]], ids=["finetune", "frozen"])
-def test_two_process_torchrun_writes_one_checkpoint(
-    tmp_path: Path, quality_data: Path, mode: list[str]
-) -> None:
+def test_two_process_torchrun_writes_one_checkpoint(tmp_path: Path, quality_data: Path) -> None:
+    # Fine-tuning is the DistributedDataParallel path. (--freeze-backbone's all-gather of
+    # features passes too, but each torchrun costs three torch imports: kept out of CI.)
     out = tmp_path / "quality.safetensors"
     command = [
         sys.executable,
@@ -38,7 +36,6 @@ def test_two_process_torchrun_writes_one_checkpoint(
         "--device",
         "cpu",
         *TINY,
-        *mode,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -27,6 +27,10 @@ def test_training_learns_and_writes_checkpoint_and_report(trained_quality: Path)
 
     # Clearly better than chance (0.5) on held-out images.
     assert metrics["val_accuracy"] >= 0.8
+    # Validation during training ran the model as it is served (eval mode): the best
+    # epoch's figure is exactly what the saved weights give on the same images.
+    best = max(h["val_accuracy"] for h in metrics["history"])
+    assert metrics["val_accuracy"] == pytest.approx(best)
     assert meta.classes == ["keep", "reject"] == metrics["classes"]
     assert meta.thresholds["target_classes"] == ["reject"]
     assert meta.thresholds["target_precision"] == 0.99
