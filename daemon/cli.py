@@ -235,8 +235,18 @@ def _run_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _print_report(metrics: dict, **where: str) -> None:
+    """The per-class and threshold tables, then labelled lines saying where things were written."""
     from gensift.models.report import format_per_class_table, format_threshold_table
+
+    print(format_per_class_table(metrics))
+    print(format_threshold_table(metrics["thresholds"]))
+    width = max(map(len, where)) + 1
+    for label, value in where.items():
+        print(f"{label + ':':<{width}} {value}")
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from gensift.models.train import TrainOptions, train
 
     settings = _settings(args)
@@ -277,16 +287,16 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     if result is None:  # a non-zero torchrun rank
         return EXIT_OK
-    print(format_per_class_table(result.metrics))
-    print(format_threshold_table(result.metrics["thresholds"]))
-    print(f"checkpoint: {result.checkpoint} (id {result.meta.id})")
-    print(f"report:     {result.report_dir}")
+    _print_report(
+        result.metrics,
+        checkpoint=f"{result.checkpoint} (id {result.meta.id})",
+        report=str(result.report_dir),
+    )
     return EXIT_OK
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from gensift.models.evaluate import evaluate
-    from gensift.models.report import format_per_class_table, format_threshold_table
 
     _settings(args)
     result = evaluate(
@@ -298,9 +308,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         target_precision=args.target_precision,
     )
-    print(format_per_class_table(result.metrics))
-    print(format_threshold_table(result.metrics["thresholds"]))
-    print(f"report: {result.report_dir}")
+    _print_report(result.metrics, report=str(result.report_dir))
     return EXIT_OK
 
 

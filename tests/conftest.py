@@ -57,6 +57,17 @@ def make_dataset(root: Path, counts: dict[str, int], seed: int = 0, suffix: str 
     return root
 
 
+def train_cli(stage: str, data: Path | str, out: Path | str | None, *extra: str) -> int:
+    """``gensift train`` in-process on the CPU with the tiny settings; ``extra`` comes last,
+    so it overrides them. ``out=None`` leaves the checkpoint path to the config."""
+    from gensift.daemon.cli import main
+
+    args = ["train", stage, "--data", str(data), "--device", "cpu", *TINY]
+    if out is not None:
+        args += ["--out", str(out)]
+    return main([*args, *extra])
+
+
 @pytest.fixture(scope="session")
 def quality_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("quality"), {"keep": 40, "reject": 40})
@@ -65,24 +76,8 @@ def quality_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_quality(tmp_path_factory: pytest.TempPathFactory, quality_data: Path) -> Path:
     """A tiny quality checkpoint trained once for the whole session (fine-tuning path)."""
-    from gensift.daemon.cli import main
-
     out = tmp_path_factory.mktemp("models") / "quality.safetensors"
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--device",
-            "cpu",
-            *TINY,
-        ]
-    )
+    rc = train_cli("quality", str(quality_data), str(out), "--epochs", "3")
     assert rc == 0
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_dataset
+from conftest import make_dataset, train_cli
 from PIL import Image
 
 from gensift.daemon.cli import main
@@ -66,22 +66,8 @@ def test_train_prints_the_per_class_table(
     tmp_path: Path, quality_data: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "q.safetensors"
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--report",
-            str(tmp_path / "rep"),
-            *TINY,
-        ]
+    rc = train_cli(
+        "quality", str(quality_data), str(out), "--epochs", "1", "--report", str(tmp_path / "rep")
     )
     assert rc == 0
     printed = capsys.readouterr().out
@@ -94,21 +80,7 @@ def test_out_defaults_to_the_configured_checkpoint(tmp_path: Path, quality_data:
     target = tmp_path / "models" / "quality.safetensors"
     config = tmp_path / "config.toml"
     config.write_text(f'[stages.quality]\ncheckpoint = "{target.as_posix()}"\n')
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "-c",
-            str(config),
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            *TINY,
-        ]
-    )
+    rc = train_cli("quality", str(quality_data), None, "-c", str(config), "--epochs", "1")
     assert rc == 0
     assert read_checkpoint(target)[1].stage == "quality"
     assert (tmp_path / "models" / "quality.report" / "metrics.json").is_file()
@@ -162,23 +134,15 @@ def test_freeze_backbone_trains_the_head_and_init_from_keeps_the_backbone(
     feature_data = make_dataset(tmp_path / "feature", {"red": 12, "blue": 12, "stripes": 12})
     out = tmp_path / "feature.safetensors"
 
-    rc = main(
-        [
-            "train",
-            "feature",
-            "--data",
-            str(feature_data),
-            "--out",
-            str(out),
-            "--init-from",
-            str(trained_quality),
-            "--freeze-backbone",
-            "--epochs",
-            "30",
-            "--device",
-            "cpu",
-            *TINY,
-        ]
+    rc = train_cli(
+        "feature",
+        str(feature_data),
+        str(out),
+        "--init-from",
+        str(trained_quality),
+        "--freeze-backbone",
+        "--epochs",
+        "30",
     )
 
     assert rc == 0
@@ -197,24 +161,16 @@ def test_init_from_fine_tuning_starts_from_the_checkpoint(
     tmp_path: Path, quality_data: Path, trained_quality: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "q2.safetensors"
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "--out",
-            str(out),
-            "--init-from",
-            str(trained_quality),
-            "--epochs",
-            "1",
-            "--warmup-epochs",
-            "1",
-            "--device",
-            "cpu",
-            *TINY,
-        ]
+    rc = train_cli(
+        "quality",
+        str(quality_data),
+        str(out),
+        "--init-from",
+        str(trained_quality),
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "1",
     )
     assert rc == 0
     # One warm-up epoch trains only the head: the backbone is the earlier checkpoint's.
@@ -228,23 +184,16 @@ def test_init_from_fine_tuning_starts_from_the_checkpoint(
 def test_init_from_a_different_architecture_is_refused(
     tmp_path: Path, quality_data: Path, trained_quality: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "--out",
-            str(tmp_path / "x"),
-            "--init-from",
-            str(trained_quality),
-            "--arch",
-            "mobilenet_v3_large",
-            "--weights",
-            "none",
-            "--device",
-            "cpu",
-        ]
+    rc = train_cli(
+        "quality",
+        str(quality_data),
+        str(tmp_path / "x"),
+        "--init-from",
+        str(trained_quality),
+        "--arch",
+        "mobilenet_v3_large",
+        "--weights",
+        "none",
     )
     assert rc == 2
     assert "resnet18 checkpoint, but --arch is mobilenet_v3_large" in capsys.readouterr().err
@@ -254,19 +203,7 @@ def test_quality_stage_needs_its_reject_class_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     data = make_dataset(tmp_path / "d", {"keep": 3, "stripes": 3})
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "q"),
-            "--device",
-            "cpu",
-            *TINY,
-        ]
-    )
+    rc = train_cli("quality", str(data), str(tmp_path / "q"))
     assert rc == 2
     assert "stages.quality.reject_classes" in capsys.readouterr().err
 
@@ -276,19 +213,7 @@ def test_unsafe_class_folder_is_refused_by_train(
 ) -> None:
     data = make_dataset(tmp_path / "d", {"keep": 3, "reject": 3})
     (data / "CON").mkdir()
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "q"),
-            "--device",
-            "cpu",
-            *TINY,
-        ]
-    )
+    rc = train_cli("quality", str(data), str(tmp_path / "q"))
     assert rc == 2
     assert "'CON'" in capsys.readouterr().err
 
@@ -298,18 +223,6 @@ def test_missing_device_is_a_clear_usage_error(
 ) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    rc = main(
-        [
-            "train",
-            "quality",
-            "--data",
-            str(quality_data),
-            "--out",
-            str(tmp_path / "q"),
-            "--device",
-            "cuda",
-            *TINY,
-        ]
-    )
+    rc = train_cli("quality", str(quality_data), str(tmp_path / "q"), "--device", "cuda")
     assert rc == 2
     assert "no CUDA GPU" in capsys.readouterr().err
