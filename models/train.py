@@ -151,7 +151,7 @@ def train(opts: TrainOptions) -> TrainResult | None:
         model, init_note = _build_model(opts, len(scan.classes), scan.classes)
         if ddp.main:
             logger.info(
-                "training {} stage: {} classes ({}), {} train / {} val images, {} {} on {}{}",
+                "training {} stage: {} classes ({}), {} train / {} val images, {}{} on {}{}",
                 opts.stage,
                 len(scan.classes),
                 ", ".join(f"{k}={v}" for k, v in scan.counts().items()),
