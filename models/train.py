@@ -439,7 +439,7 @@ class _Trainer:
                 [float(loss.detach()) * n, float((logits.argmax(1) == labels).sum()), n],
                 dtype=torch.float64,
             )
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         train_loss, train_acc = self._reduce(sums)
         val_loss, val_acc = self._validate()
         self._record(epoch, phase, train_loss, train_acc, val_loss, val_acc, optimizer, started)
