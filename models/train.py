@@ -567,7 +567,7 @@ class _Trainer:
                 optimizer.step()
                 scheduler.step()
                 sums += torch.tensor(
-                    [float(loss) * len(y), float((logits.argmax(1) == y).sum()), len(y)],
+                    [float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), len(y)],
                     dtype=torch.float64,
                 )
             with torch.no_grad():
