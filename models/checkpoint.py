@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,12 +32,11 @@ from safetensors.torch import save as st_save
 from gensift.models.backbones import ARCHITECTURES, Classifier, build_classifier, tensor_bytes
 from gensift.models.data import DatasetError, check_class_names
 from gensift.models.errors import InputError
+from gensift.models.fsutil import publish
 from gensift.models.presets import STAGES, Normalization
 
 FORMAT = "gensift-checkpoint"
 FORMAT_VERSION = 1
-#: prefix of every temporary file gensift writes; the watcher ignores these names
-TEMP_PREFIX = ".gensift-tmp-"
 
 
 class CheckpointError(InputError):
@@ -103,34 +100,8 @@ def save_checkpoint(
     checksum = _checksum(meta_json, tensors)
     meta_json["checksum"] = checksum
     payload = st_save(tensors, metadata={"format": FORMAT, "gensift": json.dumps(meta_json)})
-    atomic_write_bytes(Path(path), payload)
+    publish(Path(path), lambda tmp: tmp.write_bytes(payload))
     return replace(draft, checksum=checksum)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _header_metadata(data: bytes, path: Path) -> dict[str, str]:

@@ -13,8 +13,7 @@ import dataclasses
 import json
 import math
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from loguru import logger
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
+
+from gensift.models.fsutil import publish
 
 PROB_FLOOR = 1e-12
 ECE_BINS = 15
@@ -201,30 +202,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _publish(target: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp)`` to a temporary name beside ``target``, then rename it.
-
-    The temporary file is created by ``write`` itself (not ``mkstemp``), so the report gets the
-    user's usual permissions rather than 0600.
-    """
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(target: Path, payload: Mapping[str, Any]) -> None:
     text = json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
-    _publish(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    publish(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _save_figure(fig: Figure, target: Path) -> None:
-    _publish(target, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    publish(target, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def write_report(
