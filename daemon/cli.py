@@ -16,8 +16,8 @@ from pathlib import Path
 from loguru import logger
 
 from gensift.daemon.config import ConfigError, Settings, load_config, render_settings
-from gensift.daemon.logs import setup_logging
-from gensift.models.errors import InputError
+from gensift.daemon.logs import setup_logging, tqdm_sink
+from gensift.models.errors import InputError, RuntimeProblem
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -66,10 +66,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gensift {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_sort(commands)
+    _add_undo(commands)
+    _add_history(commands)
     _add_train(commands)
     _add_evaluate(commands)
     _add_config(commands)
     return parser
+
+
+def _add_sort(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "sort",
+        help="classify and route image files already on disk, then exit",
+        description="Run every matching image (watch.patterns) in DIR through the quality -> "
+        "feature cascade and move, quarantine or leave it by the rules of the config, with a "
+        "progress bar and a closing summary. Every decision is journaled (see 'gensift "
+        "history'; 'gensift undo' moves files back). Files already decided are skipped.",
+    )
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders (or files) to sort")
+    p.add_argument("--recursive", action="store_true", help="also sort files in subfolders")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would happen to each file and touch nothing (no moves, no journal)",
+    )
+    p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE.csv",
+        help="also write the plan (or, without --dry-run, what was done) as CSV: source, "
+        "action, reason, class, probability, destination, state, note and the probabilities",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_option(p)
+    p.set_defaults(handler=_run_sort)
+
+
+def _add_undo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "undo",
+        help="move sorted files back where they came from",
+        description="Using the journal, move files that gensift moved (to a class folder, "
+        "_rejected/ or _review/) back to their original paths, newest first. Without --since, "
+        "undoes the last run that moved files. A file whose original path is taken again is "
+        "left where it is (nothing is overwritten). Trashed or deleted files are listed; "
+        "restore trashed ones from the recycle bin.",
+    )
+    p.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="undo every move of the last DURATION (e.g. 30m, 2h, 1d, 1h30m) instead of the "
+        "last run",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would move back; touch nothing"
+    )
+    _add_config_option(p)
+    p.set_defaults(handler=_run_undo)
+
+
+def _add_history(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "history",
+        help="recent decisions from the journal",
+        description="Print the most recent decisions, newest first: time, action, class, "
+        "reason, state, probability, source and destination.",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=20, help="how many decisions (default 20)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (source, destination, action, reason, class, "
+        "probabilities, checkpoints, time, state, ...)",
+    )
+    _add_config_option(p)
+    p.set_defaults(handler=_run_history)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -235,6 +309,45 @@ def _run_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_sort(args: argparse.Namespace) -> int:
+    from gensift.daemon.sort import format_summary, run_sort
+
+    settings = load_config(args.config)
+    progress = not args.no_progress and sys.stderr.isatty()
+    setup_logging(settings.log, sink=tqdm_sink() if progress else None)
+    result = run_sort(
+        settings,
+        args.dirs,
+        recursive=args.recursive,
+        dry_run=args.dry_run,
+        plan=args.plan,
+        progress=progress,
+    )
+    print(format_summary(result, dry_run=args.dry_run))
+    if args.plan:
+        print(f"plan: {args.plan}")
+    return EXIT_OK
+
+
+def _run_undo(args: argparse.Namespace) -> int:
+    from gensift.daemon.history import format_undo, parse_duration, run_undo
+
+    settings = _settings(args)
+    since = parse_duration(args.since) if args.since else None
+    result = run_undo(settings, since, dry_run=args.dry_run)
+    format_undo(result, dry_run=args.dry_run, out=sys.stdout)
+    return EXIT_OK
+
+
+def _run_history(args: argparse.Namespace) -> int:
+    from gensift.daemon.history import show_history
+
+    settings = _settings(args)
+    if show_history(settings, args.limit, as_json=args.json, out=sys.stdout) == 0 and not args.json:
+        print(f"no decisions in {settings.journal.path} yet")
+    return EXIT_OK
+
+
 def _print_report(metrics: dict, **where: str) -> None:
     """The per-class and threshold tables, then labelled lines saying where things were written."""
     from gensift.models.report import format_per_class_table, format_threshold_table
@@ -323,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, InputError) as exc:
         print(f"gensift: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeProblem as exc:
+        print(f"gensift: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception:  # noqa: BLE001 - the last resort: log the traceback, exit 1
         logger.exception("gensift {} failed", args.command)
         return EXIT_FAILURE

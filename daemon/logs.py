@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 from loguru import logger
+from tqdm import tqdm
 
 from gensift.daemon.config import ConfigError, LogSettings
 
@@ -15,6 +16,18 @@ HUMAN_FORMAT = (
 )
 FILE_ROTATION = "10 MB"
 FILE_RETENTION = 5
+
+
+class _TqdmSink:
+    """Writes log lines above an active tqdm progress bar instead of through it."""
+
+    def write(self, message: str) -> None:
+        tqdm.write(message, end="", file=sys.stderr)
+
+
+def tqdm_sink() -> TextIO:
+    """A stderr sink for commands that show a progress bar."""
+    return _TqdmSink()  # type: ignore[return-value]
 
 
 def setup_logging(log: LogSettings, *, sink: TextIO | None = None) -> None:

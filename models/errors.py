@@ -1,4 +1,4 @@
-"""The one error type the learning side raises for input a user can fix."""
+"""Errors the user can understand: bad input (exit 2) and runtime problems (exit 1)."""
 
 
 class InputError(ValueError):
@@ -6,3 +6,7 @@ class InputError(ValueError):
 
     The command line maps it to exit code 2 and prints only the message.
     """
+
+
+class RuntimeProblem(Exception):
+    """A failure outside the user's request (a journal, a disk): exit 1, no traceback."""

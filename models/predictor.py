@@ -1,22 +1,31 @@
 """Batched inference through the eval preset.
 
-This is where training's final validation pass, ``evaluate`` and (from the
-cascade issue on) ``sort`` and ``watch`` turn images into logits, so there is
-one forward path for all of them.
+This is where training's final validation pass, ``evaluate``, ``sort`` and
+``watch`` turn images into logits, so there is one forward path for all of
+them: :func:`forward` (autocast, channels_last). :class:`Predictor` is the
+cascade the runtime serves: one or two checkpoints, calibrated probabilities,
+the feature stage only on images the quality stage let through, and one
+backbone pass per image when both stages were trained with
+``--freeze-backbone`` on the same backbone weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gensift.models.backbones import Classifier
+from gensift.models.checkpoint import CheckpointMeta, load_classifier
 from gensift.models.data import ImageDataset, Sample
-from gensift.models.device import autocast_dtype
-from gensift.models.presets import EvalPreset
+from gensift.models.device import autocast_dtype, resolve_device
+from gensift.models.errors import InputError
+from gensift.models.presets import STAGES, EvalPreset, Stage
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
@@ -25,6 +34,17 @@ def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def forward(
+    module: nn.Module, images: torch.Tensor, device: torch.device, amp: torch.dtype | None
+) -> torch.Tensor:
+    """``module(images)`` on ``device`` under autocast ``amp`` (None = fp32); float32 out."""
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        return module(images).float()
 
 
 @torch.no_grad()  # not inference_mode: cached features later feed autograd
@@ -44,12 +64,7 @@ def forward_batches(
     amp = autocast_dtype(device)
     outputs, labels = [], []
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = module(images)
-        outputs.append(out.float().cpu())
+        outputs.append(forward(module, images, device, amp).cpu())
         labels.append(targets)
     if not outputs:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
@@ -71,3 +86,134 @@ def eval_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
+
+
+#: What an image must be turned into for a stage: (image size, normalisation).
+PresetKey = tuple[int, object]
+#: Calibrated probabilities of one image: stage -> class -> probability.
+CascadeProbs = dict[Stage, dict[str, float]]
+
+
+def preset_key(meta: CheckpointMeta) -> PresetKey:
+    return (meta.image_size, meta.normalization)
+
+
+@dataclass(frozen=True)
+class LoadedStage:
+    """One stage ready to serve; ``model`` is None when it borrows the quality backbone."""
+
+    stage: Stage
+    path: Path
+    meta: CheckpointMeta
+    model: Classifier | None
+    head: nn.Module
+
+    @property
+    def key(self) -> PresetKey:
+        return preset_key(self.meta)
+
+
+def _can_share(quality: CheckpointMeta, feature: CheckpointMeta) -> bool:
+    return (
+        quality.frozen_backbone
+        and feature.frozen_backbone
+        and bool(quality.backbone_digest)
+        and quality.backbone_digest == feature.backbone_digest
+        and quality.arch == feature.arch
+        and preset_key(quality) == preset_key(feature)
+    )
+
+
+class Predictor:
+    """The quality -> feature cascade on batches of preprocessed images.
+
+    Build it with :meth:`load`. Inputs are one tensor per distinct preprocessing
+    (:attr:`presets`), so two stages trained at the same size share it.
+    """
+
+    def __init__(
+        self, stages: Sequence[LoadedStage], device: torch.device, amp: torch.dtype | None
+    ) -> None:
+        self.stages: dict[Stage, LoadedStage] = {s.stage: s for s in stages}
+        self.device = device
+        self.amp = amp
+        self.shared_backbone = any(s.model is None for s in stages)
+        self.presets: dict[PresetKey, EvalPreset] = {
+            s.key: EvalPreset(s.meta.image_size, s.meta.normalization) for s in stages
+        }
+
+    @classmethod
+    def load(
+        cls,
+        checkpoints: Mapping[Stage, Path | None],
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> Predictor:
+        """Load each configured stage through the one checkpoint reader (CheckpointError if bad)."""
+        torch_device = resolve_device(device)
+        loaded: dict[Stage, tuple[Path, Classifier, CheckpointMeta]] = {}
+        for stage in STAGES:
+            path = checkpoints.get(stage)
+            if path is not None:
+                model, meta = load_classifier(path, stage=stage)
+                loaded[stage] = (Path(path), model, meta)
+        if not loaded:
+            raise InputError("no stage has a checkpoint: train one with 'gensift train'")
+        share = "quality" in loaded and "feature" in loaded
+        share = share and _can_share(loaded["quality"][2], loaded["feature"][2])
+        stages = []
+        for stage, (path, model, meta) in loaded.items():
+            if share and stage == "feature":
+                head = model.head.to(torch_device).eval()
+                stages.append(LoadedStage(stage, path, meta, None, head))
+            else:
+                model = prepare_for_inference(model, torch_device)
+                stages.append(LoadedStage(stage, path, meta, model, model.head))
+        return cls(stages, torch_device, autocast_dtype(torch_device, precision))
+
+    def describe(self) -> str:
+        parts = [f"{s.stage} {s.meta.arch} {s.meta.id} ({s.path})" for s in self.stages.values()]
+        precision = str(self.amp).removeprefix("torch.") if self.amp else "fp32"
+        shared = ", one shared backbone pass" if self.shared_backbone else ""
+        return f"{'; '.join(parts)}; device {self.device} {precision}{shared}"
+
+    def predict(
+        self,
+        inputs: Mapping[PresetKey, torch.Tensor],
+        passes_quality: Callable[[dict[str, float]], bool],
+    ) -> list[CascadeProbs]:
+        """Calibrated probabilities per image; the feature stage only where ``passes_quality``."""
+        count = len(next(iter(inputs.values())))
+        results: list[CascadeProbs] = [{} for _ in range(count)]
+        keep = list(range(count))
+        features: torch.Tensor | None = None
+        with torch.inference_mode():
+            quality = self.stages.get("quality")
+            if quality is not None:
+                assert quality.model is not None
+                if self.shared_backbone:
+                    backbone = quality.model.backbone
+                    features = forward(backbone, inputs[quality.key], self.device, self.amp)
+                    logits = quality.head(features)
+                else:
+                    logits = forward(quality.model, inputs[quality.key], self.device, self.amp)
+                for i, probs in enumerate(_calibrated(logits, quality.meta)):
+                    results[i]["quality"] = probs
+                keep = [i for i in keep if passes_quality(results[i]["quality"])]
+            feature = self.stages.get("feature")
+            if feature is not None and keep:
+                if features is not None:
+                    logits = feature.head(features[keep])
+                else:
+                    assert feature.model is not None
+                    batch = inputs[feature.key][keep]
+                    logits = forward(feature.model, batch, self.device, self.amp)
+                for i, probs in zip(keep, _calibrated(logits, feature.meta), strict=True):
+                    results[i]["feature"] = probs
+        return results
+
+
+def _calibrated(logits: torch.Tensor, meta: CheckpointMeta) -> list[dict[str, float]]:
+    probs = torch.softmax(logits.float() / meta.temperature, dim=1).cpu().tolist()
+    return [dict(zip(meta.classes, row, strict=True)) for row in probs]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import torch
 from PIL import Image
@@ -57,14 +57,25 @@ class Normalization:
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def open_rgb(path: Path, image_size: int) -> Image.Image:
-    """Decode ``path`` fully into an RGB image.
+def open_rgb(
+    source: Path | IO[bytes], image_size: int, formats: Sequence[str] | None = None
+) -> Image.Image:
+    """Decode ``source`` (a path or a binary file object) fully into an RGB image.
 
-    JPEGs are decoded in draft mode at no less than twice ``image_size``, which
-    is several times faster for large files and loses nothing at the size the
-    network sees. Raises ``OSError`` (or a Pillow subclass) for unreadable files.
+    ``formats`` limits which decoders Pillow may try (None = all). Images over
+    Pillow's ``Image.MAX_IMAGE_PIXELS`` are refused with ``DecompressionBombError``
+    before any pixel is decoded. JPEGs are decoded in draft mode at no less than
+    twice ``image_size``, which is several times faster for large files and
+    loses nothing at the size the network sees. Raises ``OSError`` (or a Pillow
+    subclass) for unreadable files.
     """
-    with Image.open(path) as img:
+    with Image.open(source, formats=formats) as img:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and img.width * img.height > limit:
+            raise Image.DecompressionBombError(
+                f"{img.width}x{img.height} pixels is over the decompression-bomb limit "
+                f"of {limit} pixels"
+            )
         if img.format == "JPEG":
             img.draft("RGB", (2 * image_size, 2 * image_size))
         img.load()
@@ -83,22 +94,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 class EvalPreset:
-    """PIL image -> normalised float tensor (3, size, size). Used by every inference path."""
+    """PIL image -> normalised float tensor (3, size, size). Used by every inference path.
+
+    It is two steps so the runtime can split them: :meth:`resize` (Pillow, in
+    decoder threads; uint8 out) and :meth:`normalize` (one batched tensor op on
+    the inference thread). Calling the preset does both.
+    """
 
     def __init__(self, image_size: int, normalization: Normalization) -> None:
         self.image_size = image_size
         self.normalization = normalization
-        self._transform = v2.Compose(
+        self._resize = v2.Compose(
+            [v2.Resize((image_size, image_size), antialias=True), v2.PILToTensor()]
+        )
+        self._normalize = v2.Compose(
             [
-                v2.PILToTensor(),
-                v2.Resize((image_size, image_size), antialias=True),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(mean=list(normalization.mean), std=list(normalization.std)),
             ]
         )
 
+    def resize(self, img: Image.Image) -> torch.Tensor:
+        """RGB uint8 tensor (3, size, size), squashed to the square without cropping."""
+        return self._resize(_to_rgb(img))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., 3, size, size) -> normalised float32."""
+        return self._normalize(images)
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self._transform(_to_rgb(img))
+        return self.normalize(self.resize(img))
 
 
 class TrainPreset:

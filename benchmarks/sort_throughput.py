@@ -1,0 +1,511 @@
+"""How fast ``gensift sort`` sifts an archive, against the naive way and the ceiling.
+
+The script draws ``--count`` varied PNG images (smooth gradients, random shapes
+and mild noise, so decoding costs what a real generation costs and no image is
+culled as blank), writes two random-initialised checkpoints of ``--arch``, and
+measures three ways of putting every image through both stages, in one run, on
+the same files, with the same torch threads:
+
+(a) **naive**, the way the original scripts work: one image at a time, decoded
+    in the main thread, then the quality model and the feature model, two full
+    models at batch 1, fp32 (channels_last, as the Keras scripts were NHWC).
+    It is slow, so it times the first ``--naive-count`` images.
+(b) **gensift sort** on a fresh copy of the images, in process
+    (``gensift.daemon.cli.main(["sort", DIR, "-c", CONFIG])``), from loading
+    the checkpoints to the last file moved and journalled.
+(c) **ceiling**: the raw forward throughput of the same models at
+    ``--batch-size`` on tensors decoded beforehand (on the device), channels_last,
+    at the precision ``sort`` uses. For two fine-tuned stages that is two full
+    models per image; for a shared frozen backbone it is the backbone once and
+    both heads.
+
+Scenarios: ``finetuned`` (two independently initialised models) and ``frozen``
+(both checkpoints carry identical backbone tensors, ``frozen_backbone`` set,
+equal ``backbone_digest``), as ``gensift train`` writes them. The heads are
+biased so that the quality stage keeps every image and the feature stage moves
+every image to class ``A``: every file takes the full path through both stages.
+
+Targets (ResNet-50 on the CPU): (b)/(c) >= 0.85; (b)/(a) >= 1.5 with two
+fine-tuned stages, >= 2.5 with a shared frozen backbone. On CUDA the table also
+shows peak GPU memory per measurement.
+
+    python benchmarks/sort_throughput.py [--count N] [--arch resnet50] [--device auto]
+        [--scenario both] [--dir DIR] [--json FILE] [--skip-sort]
+
+Not run by CI. A measurement, not a test: exits 0 unless something fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gensift.models.backbones import Classifier, backbone_digest, build_classifier
+from gensift.models.calibrate import DEFAULT_TARGET_PRECISION
+from gensift.models.checkpoint import CheckpointMeta, load_classifier, save_checkpoint
+from gensift.models.device import autocast_dtype, resolve_device
+from gensift.models.presets import IMAGENET, EvalPreset, open_rgb
+
+QUALITY_CLASSES = ["keep", "reject"]
+FEATURE_CLASSES = ["A", "B", "C"]
+STAGE_THRESHOLD = 0.5
+TARGET_VS_CEILING = 0.85
+TARGET_VS_NAIVE = {"finetuned": 1.5, "frozen": 2.5}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    images: int
+    seconds: float
+    peak_gpu_mib: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    scenario: str
+    naive: Measurement
+    ceiling: Measurement
+    sort: Measurement | None
+    moved: int | None  # files ``sort`` moved out of its input folder
+
+    def to_json(self) -> dict[str, Any]:
+        rates = {
+            "naive": self.naive.rate,
+            "sort": self.sort.rate if self.sort else None,
+            "ceiling": self.ceiling.rate,
+        }
+        return {**asdict(self), "images_per_second": rates}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=500, help="images to draw (default 500)")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument(
+        "--naive-count", type=int, metavar="N", help="images (a) times (default: min(count, 100))"
+    )
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=224, help="network input side")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("--scenario", choices=["finetuned", "frozen", "both"], default="both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dir", type=Path, help="work folder (default: a new temporary one)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--skip-sort", action="store_true", help="measure only (a) and (c)")
+    args = parser.parse_args(argv)
+    if args.naive_count is None:
+        args.naive_count = min(args.count, 100)
+    if args.count < 1 or not 1 <= args.naive_count <= args.count:
+        parser.error("need --count >= 1 and 1 <= --naive-count <= --count")
+    return args
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+def draw_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An RGB uint8 image: a smooth two-colour gradient, a ripple, a few shapes, mild noise."""
+    axis = np.arange(size, dtype=np.float32) / size
+    xx, yy = axis[None, :], axis[:, None]
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
+    c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    image = (c0 + (c1 - c0) * (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)).astype(
+        np.float32
+    )
+    ripple = np.sin(2 * np.pi * rng.uniform(1, 6) * (xx + rng.uniform(0, 1) * yy))
+    image += 18 * ripple[..., None]
+    for _ in range(int(rng.integers(3, 9))):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.25)
+        if rng.random() < 0.5:
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r**2
+        else:
+            mask = (np.abs(xx - cx) < r) & (np.abs(yy - cy) < r * rng.uniform(0.3, 1.5))
+        image[mask] = 0.35 * image[mask] + 0.65 * rng.uniform(0, 255, 3)
+    image += 4 * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
+    """Draw ``count`` PNGs into ``folder`` (kept if already there); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"gen-{index:05d}.png"
+        if not path.is_file():
+            rng = np.random.default_rng([seed, index])
+            Image.fromarray(draw_image(rng, size)).save(path)
+        paths.append(path)
+    return paths
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def thresholds_for(stage: str, classes: list[str], targets: list[str]) -> dict[str, Any]:
+    """A thresholds entry shaped like ``calibrate.choose_threshold``'s, at ``STAGE_THRESHOLD``."""
+    point = {
+        "threshold": STAGE_THRESHOLD,
+        "precision": 1.0,
+        "coverage": 1.0,
+        "recall": 1.0,
+        "count": 0,
+        "reached": True,
+        "table": [],
+    }
+    return {
+        "target_precision": DEFAULT_TARGET_PRECISION[stage],
+        "target_classes": targets,
+        **point,
+        "classes": {c: dict(point) for c in targets if c in classes},
+    }
+
+
+def biased_model(arch: str, classes: list[str], favoured: str, seed: int) -> Classifier:
+    """A random-initialised model whose head always picks ``favoured`` (p ~ 0.99)."""
+    torch.manual_seed(seed)
+    model = build_classifier(arch, len(classes), weights="none")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[classes.index(favoured)] = 5.0
+    return model
+
+
+def write_checkpoints(folder: Path, scenario: str, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The quality and feature checkpoints of ``scenario``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    quality = biased_model(args.arch, QUALITY_CLASSES, "keep", args.seed).state_dict()
+    feature = biased_model(args.arch, FEATURE_CLASSES, "A", args.seed + 1).state_dict()
+    frozen = scenario == "frozen"
+    if frozen:
+        feature.update({k: v.clone() for k, v in quality.items() if k.startswith("backbone.")})
+    paths = folder / "quality.safetensors", folder / "feature.safetensors"
+    stages = [
+        ("quality", QUALITY_CLASSES, ["reject"], quality),
+        ("feature", FEATURE_CLASSES, FEATURE_CLASSES, feature),
+    ]
+    for path, (stage, classes, targets, state) in zip(paths, stages, strict=True):
+        meta = CheckpointMeta(
+            stage=stage,
+            arch=args.arch,
+            classes=classes,
+            image_size=args.image_size,
+            normalization=IMAGENET,
+            temperature=1.0,
+            thresholds=thresholds_for(stage, classes, targets),
+            metrics={"note": "benchmarks/sort_throughput.py: random weights, biased head"},
+            backbone_digest=backbone_digest(state),
+            frozen_backbone=frozen,
+        )
+        save_checkpoint(path, state, meta)
+    return paths
+
+
+# -- timing --------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure(device: torch.device, images: int, work: Callable[[], object]) -> Measurement:
+    """Time ``work()`` (and read peak GPU memory on CUDA) after the device is idle."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    started = time.perf_counter()
+    work()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return Measurement(images, seconds, peak)
+
+
+def warm_up(device: torch.device) -> None:
+    """One small forward, so lazy initialisation is not charged to the first measurement."""
+    conv = torch.nn.Conv2d(3, 8, 3).to(device).eval()
+    with torch.inference_mode():
+        conv(torch.zeros(2, 3, 32, 32, device=device))
+    synchronize(device)
+
+
+def free_device(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def load_pair(paths: tuple[Path, Path], device: torch.device) -> tuple[Classifier, Classifier]:
+    """Both stages through gensift's one checkpoint reader, on ``device``, channels_last."""
+    models = []
+    for path, stage in zip(paths, ("quality", "feature"), strict=True):
+        model, _ = load_classifier(path, stage=stage)
+        models.append(model.to(device, memory_format=torch.channels_last).eval())
+    return models[0], models[1]
+
+
+# -- (a) naive -----------------------------------------------------------------------------
+
+
+def naive(paths: Sequence[Path], models: Sequence[Classifier], preset: EvalPreset) -> None:
+    """One image at a time: decode here, then each full model at batch 1, fp32."""
+    device = next(models[0].parameters()).device
+    with torch.inference_mode():
+        for path in paths:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+            x = preset(rgb).unsqueeze(0).to(device).contiguous(memory_format=torch.channels_last)
+            for model in models:
+                torch.softmax(model(x), dim=1).cpu()
+
+
+def measure_naive(
+    paths: Sequence[Path], models: Sequence[Classifier], preset: EvalPreset, device: torch.device
+) -> Measurement:
+    naive(paths[:1], models, preset)  # warm-up at batch 1, untimed
+    return measure(device, len(paths), lambda: naive(paths, models, preset))
+
+
+# -- (c) ceiling ---------------------------------------------------------------------------
+
+
+def decode_batches(
+    paths: Sequence[Path], preset: EvalPreset, batch_size: int, device: torch.device
+) -> list[torch.Tensor]:
+    """Every image decoded and preprocessed beforehand, batched, on ``device``."""
+    tensors = [preset(open_rgb(p, preset.image_size)) for p in paths]
+    return [
+        torch.stack(tensors[i : i + batch_size])
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(tensors), batch_size)
+    ]
+
+
+def forward_all(
+    batches: Sequence[torch.Tensor],
+    quality: Classifier,
+    feature: Classifier,
+    shared: bool,
+    amp: torch.dtype | None,
+) -> None:
+    """Both stages over every batch: full models, or the shared backbone once and two heads."""
+    device = batches[0].device
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+    ):
+        for x in batches:
+            if shared:
+                features = quality.backbone(x)
+                outputs = [quality.head(features), feature.head(features)]
+            else:
+                outputs = [quality(x), feature(x)]
+            for logits in outputs:
+                torch.softmax(logits.float(), dim=1).cpu()
+
+
+def measure_ceiling(
+    batches: Sequence[torch.Tensor],
+    models: tuple[Classifier, Classifier],
+    shared: bool,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> Measurement:
+    amp = autocast_dtype(device, args.precision)
+    # Warm-up, untimed, once per batch shape (the last batch may be smaller).
+    forward_all(list({len(b): b for b in batches}.values()), *models, shared, amp)
+    images = sum(len(b) for b in batches)
+    return measure(device, images, lambda: forward_all(batches, *models, shared, amp))
+
+
+# -- (b) gensift sort ----------------------------------------------------------------------
+
+
+def toml_str(value: object) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_config(
+    work: Path,
+    inbox: Path,
+    checkpoints: tuple[Path, Path],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> Path:
+    config = work / "gensift.toml"
+    config.write_text(
+        f"[watch]\npaths = [{toml_str(inbox)}]\n\n"
+        f"[output]\nroot = {toml_str(work / 'sorted')}\n\n"
+        f"[inference]\ndevice = {toml_str(device)}\nprecision = {toml_str(args.precision)}\n"
+        f"batch_size = {args.batch_size}\n\n"
+        f"[stages.quality]\ncheckpoint = {toml_str(checkpoints[0])}\n"
+        f'reject_classes = ["reject"]\nthreshold = {STAGE_THRESHOLD}\n\n'
+        f"[stages.feature]\ncheckpoint = {toml_str(checkpoints[1])}\n"
+        f"threshold = {STAGE_THRESHOLD}\n\n"
+        f"[journal]\npath = {toml_str(work / 'journal.sqlite3')}\n\n"
+        f'[log]\nlevel = "WARNING"\n'
+    )
+    return config
+
+
+def call_sort(inbox: Path, config: Path) -> int:
+    from gensift.daemon.cli import main as gensift_main
+
+    try:
+        return gensift_main(["sort", str(inbox), "-c", str(config)])
+    except SystemExit as exc:  # argparse refusing the command line
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def measure_sort(
+    images: Sequence[Path],
+    work: Path,
+    checkpoints: tuple[Path, Path],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[Measurement, int]:
+    """``gensift sort`` on a fresh copy of ``images``; returns the timing and files moved."""
+    shutil.rmtree(work / "sorted", ignore_errors=True)
+    (work / "journal.sqlite3").unlink(missing_ok=True)
+    inbox = work / "inbox"
+    shutil.rmtree(inbox, ignore_errors=True)
+    inbox.mkdir(parents=True)
+    for path in images:
+        shutil.copyfile(path, inbox / path.name)
+    config = write_config(work, inbox, checkpoints, args, device)
+    threads = torch.get_num_threads()
+    codes: list[int] = []
+    result = measure(device, len(images), lambda: codes.append(call_sort(inbox, config)))
+    torch.set_num_threads(threads)  # whatever sort did, the next measurement gets the same
+    if codes[0] != 0:
+        raise RuntimeError(f"gensift sort {inbox} -c {config} exited with {codes[0]}")
+    moved = len(images) - sum(1 for _ in inbox.glob("*.png"))
+    return result, moved
+
+
+# -- one scenario, the table ---------------------------------------------------------------
+
+
+def run_scenario(
+    scenario: str, images: list[Path], work: Path, args: argparse.Namespace, device: torch.device
+) -> ScenarioResult:
+    folder = work / scenario
+    checkpoints = write_checkpoints(folder / "models", scenario, args)
+    models = load_pair(checkpoints, device)
+    preset = EvalPreset(args.image_size, IMAGENET)
+    print(f"[{scenario}] (a) naive on {args.naive_count} images ...", flush=True)
+    naive_result = measure_naive(images[: args.naive_count], models, preset, device)
+    print(f"[{scenario}] (c) ceiling on {len(images)} pre-decoded images ...", flush=True)
+    batches = decode_batches(images, preset, args.batch_size, device)
+    ceiling = measure_ceiling(batches, models, scenario == "frozen", args, device)
+    del models, batches
+    free_device(device)
+    sort_result, moved = None, None
+    if not args.skip_sort:
+        print(f"[{scenario}] (b) gensift sort on {len(images)} images ...", flush=True)
+        sort_result, moved = measure_sort(images, folder, checkpoints, args, device)
+        free_device(device)
+    return ScenarioResult(scenario, naive_result, ceiling, sort_result, moved)
+
+
+def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "images": f"{args.count} PNG {args.size}x{args.size}",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def ratio(numerator: Measurement | None, denominator: Measurement) -> float | None:
+    return numerator.rate / denominator.rate if numerator else None
+
+
+def print_table(results: Sequence[ScenarioResult], env: dict[str, Any]) -> None:
+    print("\n" + ", ".join(f"{k} {v}" for k, v in env.items()))
+
+    def cell(value: float | None, target: float | None = None) -> str:
+        if value is None:
+            return "-"
+        mark = "" if target is None else (" ok" if value >= target else " LOW")
+        return f"{value:.2f}{mark}"
+
+    header = ("scenario", "(a) img/s", "(b) img/s", "(c) img/s", "(b)/(a)", "(b)/(c)")
+    print(f"{header[0]:<10}" + "".join(f"{h:>12}" for h in header[1:]))
+    for r in results:
+        row = [
+            cell(r.naive.rate),
+            cell(r.sort.rate if r.sort else None),
+            cell(r.ceiling.rate),
+            cell(ratio(r.sort, r.naive), TARGET_VS_NAIVE[r.scenario]),
+            cell(ratio(r.sort, r.ceiling), TARGET_VS_CEILING),
+        ]
+        print(f"{r.scenario:<10}" + "".join(f"{c:>12}" for c in row))
+    targets = ", ".join(f"{k} >= {v}" for k, v in TARGET_VS_NAIVE.items())
+    print(f"targets: (b)/(c) >= {TARGET_VS_CEILING}; (b)/(a): {targets}")
+    for r in results:
+        if r.naive.peak_gpu_mib is not None:
+            peaks = [m.peak_gpu_mib if m else None for m in (r.naive, r.sort, r.ceiling)]
+            text = ", ".join(f"{n} {p:.0f} MiB" for n, p in zip("abc", peaks, strict=True) if p)
+            print(f"peak GPU memory [{r.scenario}]: {text}")
+        if r.moved is not None and r.sort and r.moved != r.sort.images:
+            print(f"note [{r.scenario}]: sort moved {r.moved} of {r.sort.images} files")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="gensift-sort-bench-"))
+    print(f"drawing {args.count} PNG images of {args.size}x{args.size} in {work} ...", flush=True)
+    images = write_images(work / "images", args.count, args.size, args.seed)
+    warm_up(device)
+    scenarios = ["finetuned", "frozen"] if args.scenario == "both" else [args.scenario]
+    results = [run_scenario(s, images, work, args, device) for s in scenarios]
+    env = environment(args, device)
+    print_table(results, env)
+    if args.json:
+        figures = {"environment": env, "scenarios": [r.to_json() for r in results]}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Files -> network inputs, off the inference thread; the rules that need no model.
+
+Each file is read once: its bytes are hashed (the journal's content hash) and
+decoded from memory with Pillow, limited to the formats the watch patterns
+name and to Pillow's decompression-bomb limit, then resized by the eval preset
+of each stage (uint8; normalising is one batched op on the inference thread).
+
+A file that cannot be decoded is ``corrupt`` only once it has settled: if it
+is younger than ``settle_seconds`` or changed while it was read it is
+``unsettled`` and left for later; otherwise it is read and decoded once more
+before it is given up on. A decoded image whose pixels are near-constant (the
+black square a safety filter returns) is ``blank``.
+
+:class:`DecodePool` runs this in a bounded pool of threads (Pillow and hashlib
+release the GIL) and yields results in input order with at most ``window``
+files in flight, so memory stays bounded whatever the folder size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image, ImageStat, UnidentifiedImageError
+
+from gensift.models.predictor import PresetKey
+from gensift.models.presets import EvalPreset, open_rgb
+
+SUFFIX_FORMATS: Mapping[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+}
+#: Largest per-channel standard deviation (0..255) of a 64x64 thumbnail that counts as blank.
+BLANK_STDDEV = 2.0
+
+Status = Literal["ok", "blank", "corrupt", "unsettled", "unreadable", "gone"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file as it was read: what the journal records about its content."""
+
+    path: Path
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file after decoding: ``inputs`` (uint8, per preset) only when ``status`` is ok."""
+
+    file: FileInfo
+    status: Status
+    note: str = ""
+    inputs: Mapping[PresetKey, torch.Tensor] = field(default_factory=dict)
+
+
+def formats_for(patterns: Sequence[str]) -> tuple[str, ...]:
+    """The Pillow formats the watch patterns allow (all supported ones if none is recognised)."""
+    found = {
+        fmt
+        for pattern in patterns
+        for suffix, fmt in SUFFIX_FORMATS.items()
+        if pattern.lower().endswith(suffix)
+    }
+    return tuple(sorted(found or set(SUFFIX_FORMATS.values())))
+
+
+def is_blank(img: Image.Image) -> bool:
+    """Near-constant pixels in every channel."""
+    thumb = img.resize((64, 64), Image.Resampling.BOX)
+    return max(ImageStat.Stat(thumb).stddev) <= BLANK_STDDEV
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Decode one path into a :class:`Decoded`; safe to call from several threads."""
+
+    presets: Mapping[PresetKey, EvalPreset]
+    formats: tuple[str, ...]
+    settle_seconds: float = 2.0
+    clock: Callable[[], float] = time.time
+
+    def __call__(self, path: Path) -> Decoded:
+        first = self._attempt(path)
+        if first.status != "corrupt":
+            return first
+        return self._attempt(path)  # the retry: a settled file gets a second read
+
+    def _attempt(self, path: Path) -> Decoded:
+        try:
+            before = path.stat()
+            data = path.read_bytes()
+            after = path.stat()
+        except FileNotFoundError:
+            return Decoded(FileInfo(path), "gone", "the file disappeared before it was read")
+        except OSError as exc:
+            return Decoded(FileInfo(path), "unreadable", f"cannot read: {exc.strerror or exc}")
+        info = FileInfo(path, len(data), after.st_mtime_ns, hashlib.sha256(data).hexdigest())
+        changed = (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)
+        young = self.clock() - after.st_mtime_ns / 1e9 < self.settle_seconds
+        if changed or len(data) != after.st_size:
+            return Decoded(info, "unsettled", "the file changed while it was read")
+        size = max(p.image_size for p in self.presets.values())
+        try:
+            img = open_rgb(io.BytesIO(data), size, self.formats)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            if young:
+                return Decoded(info, "unsettled", f"not decodable yet ({exc})")
+            return Decoded(info, "corrupt", self._problem(data, exc))
+        if is_blank(img):
+            return Decoded(info, "blank", f"near-constant pixels ({img.width}x{img.height})")
+        inputs = {key: preset.resize(img) for key, preset in self.presets.items()}
+        return Decoded(info, "ok", inputs=inputs)
+
+    def _problem(self, data: bytes, exc: Exception) -> str:
+        if not data:
+            return "empty file (0 bytes)"
+        if isinstance(exc, UnidentifiedImageError):
+            return f"not a {'/'.join(self.formats)} image"
+        return f"{type(exc).__name__}: {exc}"
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoder threads: enough to feed a GPU; on CPU, leave most cores to the model."""
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if device.type == "cuda" else max(1, cpus // 2)
+
+
+class DecodePool:
+    """Decode paths in a bounded thread pool; results come back in input order."""
+
+    def __init__(self, decode: Callable[[Path], Decoded], workers: int, window: int) -> None:
+        self._decode = decode
+        self._workers = max(1, workers)
+        self._window = max(self._workers, window)
+
+    def map(self, paths: Iterable[Path]) -> Iterator[Decoded]:
+        pool = ThreadPoolExecutor(self._workers, thread_name_prefix="gensift-decode")
+        pending: deque[Future[Decoded]] = deque()
+        try:
+            for path in paths:
+                pending.append(pool.submit(self._decode, path))
+                if len(pending) >= self._window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

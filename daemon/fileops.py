@@ -1,0 +1,125 @@
+"""Moving a user's files without ever overwriting or losing one.
+
+:func:`transfer` moves ``src`` to ``dst`` and raises ``FileExistsError`` if
+``dst`` exists, whatever the filesystem:
+
+* same filesystem: ``os.link(src, dst)`` (atomic, refuses an existing name)
+  then ``unlink(src)``; a crash in between leaves two names for one file,
+  which repair resolves by removing the source;
+* no hard links there (FAT, some network shares): the name is reserved with
+  ``O_CREAT | O_EXCL`` and ``os.replace`` renames the file over our own empty
+  placeholder;
+* another filesystem: the bytes are copied to ``<dst dir>/.gensift-tmp-<tag>-<name>``,
+  fsynced and placed as above, and only then is the source removed.
+
+The bytes are never re-encoded (PNG text chunks survive); the modification
+time is kept. :func:`confined` refuses any destination outside the output root.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from gensift.models.errors import InputError
+from gensift.models.fsutil import TEMP_PREFIX, fsync_dir
+
+
+class UnsafeDestinationError(InputError):
+    """A destination would escape the output root."""
+
+
+def confined(root: Path, folder: str) -> Path:
+    """``root/folder``, refused unless it stays inside ``root`` (after resolving links)."""
+    target = root / folder
+    if (
+        not folder
+        or Path(folder).is_absolute()
+        or not target.resolve().is_relative_to(root.resolve())
+        or target.resolve() == root.resolve()
+    ):
+        raise UnsafeDestinationError(
+            f"class {folder!r} would put files outside the output root {root}; refused"
+        )
+    return target
+
+
+def candidates(folder: Path, name: str) -> Iterator[Path]:
+    """``name``, then ``stem-1.ext``, ``stem-2.ext``, ... in ``folder``."""
+    yield folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 1
+    while True:
+        yield folder / f"{stem}-{n}{suffix}"
+        n += 1
+
+
+def temp_path(dst: Path, tag: str) -> Path:
+    """Where a cross-filesystem copy to ``dst`` is staged (ignored by the watcher)."""
+    return dst.with_name(f"{TEMP_PREFIX}{tag}-{dst.name}")
+
+
+def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
+    """Move ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (nothing changed then).
+
+    ``copy`` forces the cross-filesystem path; ``tag`` names its temporary file.
+    """
+    if not copy:
+        try:
+            _place(src, dst)
+            fsync_dir(dst.parent)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    tmp = temp_path(dst, tag)
+    try:
+        with src.open("rb") as reader, tmp.open("xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(src, tmp)
+        _place(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(dst.parent)
+    src.unlink()
+    fsync_dir(src.parent)
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Give ``src``'s file the name ``dst`` (same filesystem), never replacing one."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise
+        # No hard links on this filesystem: reserve the name, then rename over our placeholder.
+        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        try:
+            src.replace(dst)
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
+        return
+    src.unlink()
+
+
+def same_content(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` holds exactly the bytes the journal recorded."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256

@@ -1,0 +1,101 @@
+"""``gensift undo`` and ``gensift history``: reading the journal back."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+from gensift.daemon.config import Settings
+from gensift.daemon.journal import Entry, Journal
+from gensift.daemon.router import Outcome, repair, restore
+from gensift.daemon.sort import new_run_id
+from gensift.models.errors import InputError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d``, ``1w`` or combinations such as ``1h30m``."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not parts or _DURATION.sub("", compact).strip():
+        raise InputError(
+            f"--since {text!r}: not a duration; use a number and a unit s, m, h, d or w "
+            "(for example 30m, 2h, 1d or 1h30m)"
+        )
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+@dataclass
+class UndoResult:
+    outcomes: list[tuple[Entry, Outcome]] = field(default_factory=list)
+    not_undoable: list[Entry] = field(default_factory=list)
+    scope: str = ""
+
+
+def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = False) -> UndoResult:
+    """Move files back where they came from: all moves within ``since``, else the last run."""
+    path = settings.journal.path
+    result = UndoResult()
+    if not dry_run and not path.exists():
+        return result
+    journal = Journal.open_readonly(path) if dry_run else Journal.open(path)
+    with journal:
+        if not dry_run:
+            repair(journal)
+        if since is not None:
+            start = datetime.now(UTC) - since
+            entries = journal.finished(since=start)
+            result.scope = f"since {start:%Y-%m-%d %H:%M:%S} UTC"
+            result.not_undoable = journal.finished(("trash", "delete"), since=start)
+        else:
+            run = journal.last_run()
+            entries = [] if run is None else journal.finished(run=run)
+            if run is not None:
+                result.not_undoable = journal.finished(("trash", "delete"), run=run)
+            result.scope = f"the last run ({run})" if run else "the last run"
+        undo_run = new_run_id("undo")
+        for entry in entries:
+            result.outcomes.append((entry, restore(journal, entry, undo_run, dry_run=dry_run)))
+    return result
+
+
+def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:
+    verb = "would restore" if dry_run else "restored"
+    for entry, outcome in result.outcomes:
+        if outcome.state in ("done", "planned"):
+            print(f"{verb} {entry.destination} -> {entry.source}", file=out)
+        else:
+            print(f"not restored: {entry.destination} ({outcome.note})", file=out)
+    for entry in result.not_undoable:
+        where = "is in the recycle bin" if entry.action == "trash" else "was deleted"
+        print(f"cannot undo: {entry.source} {where}", file=out)
+    done = sum(o.state in ("done", "planned") for _, o in result.outcomes)
+    print(
+        f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}"
+        + ("; dry run: nothing was changed" if dry_run else ""),
+        file=out,
+    )
+
+
+def format_entry(entry: Entry) -> str:
+    """One human-readable history line."""
+    when = entry.time[:19].replace("T", " ")
+    what = entry.action if entry.label is None else f"{entry.action} {entry.label}"
+    p = "" if entry.probability is None else f" p={entry.probability:.3f}"
+    target = "" if entry.destination is None else f" -> {entry.destination}"
+    note = f" ({entry.note})" if entry.note else ""
+    return f"{when}  {what} [{entry.reason}, {entry.state}]{p}  {entry.source}{target}{note}"
+
+
+def show_history(settings: Settings, limit: int, *, as_json: bool, out: TextIO) -> int:
+    """Print the newest ``limit`` journal rows, newest first; returns how many."""
+    with Journal.open_readonly(settings.journal.path) as journal:
+        entries = journal.history(limit)
+    for entry in entries:
+        print(json.dumps(entry.to_json()) if as_json else format_entry(entry), file=out)
+    return len(entries)

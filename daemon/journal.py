@@ -1,0 +1,304 @@
+"""The journal: one SQLite row per decision, written before and after the file moves.
+
+A row starts in state ``intent`` (committed before anything on disk changes)
+and ends ``done``, ``skipped`` (``on_conflict = "skip"`` found the name taken),
+``failed`` (the operation raised; the file was not touched), ``abandoned``
+(interrupted before anything moved, or repaired back; the file will be decided
+again) or ``undone`` (``gensift undo`` moved it back). ``gensift undo`` writes
+its own ``restore`` rows. :func:`gensift.daemon.router.repair` settles the
+``intent`` rows a crash left behind.
+
+WAL mode with ``synchronous = NORMAL``: a killed process loses nothing it
+committed, readers (``history``) never block the daemon, and a commit costs no
+fsync.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gensift.daemon.decide import Decision
+from gensift.daemon.decode import FileInfo
+from gensift.models.errors import RuntimeProblem
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id            INTEGER PRIMARY KEY,
+    run           TEXT NOT NULL,
+    time          TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    destination   TEXT,
+    action        TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    label         TEXT,
+    probability   REAL,
+    probabilities TEXT NOT NULL,
+    checkpoints   TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    mtime_ns      INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    note          TEXT NOT NULL DEFAULT '',
+    undoes        INTEGER REFERENCES decisions(id)
+);
+CREATE INDEX IF NOT EXISTS decisions_source ON decisions(source);
+CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
+"""
+#: States in which a file counts as decided and is not processed again.
+DECIDED_STATES = ("done", "skipped", "undone")
+#: Actions that put a file somewhere under the output root, which undo can reverse.
+MOVING_ACTIONS = ("move", "quarantine", "review")
+
+
+class JournalError(RuntimeProblem):
+    """The journal cannot be opened or is not a gensift journal."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal row."""
+
+    id: int
+    run: str
+    time: str
+    source: Path
+    destination: Path | None
+    action: str
+    reason: str
+    label: str | None
+    probability: float | None
+    probabilities: dict[str, dict[str, float]]
+    checkpoints: dict[str, str]
+    size: int
+    mtime_ns: int
+    sha256: str
+    state: str
+    note: str
+    undoes: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "source": str(self.source),
+            "destination": None if self.destination is None else str(self.destination),
+            "action": self.action,
+            "reason": self.reason,
+            "class": self.label,
+            "probability": self.probability,
+            "probabilities": self.probabilities,
+            "checkpoints": self.checkpoints,
+            "size": self.size,
+            "sha256": self.sha256,
+            "state": self.state,
+            "note": self.note,
+            "run": self.run,
+            "undoes": self.undoes,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    return Entry(
+        id=row["id"],
+        run=row["run"],
+        time=row["time"],
+        source=Path(row["source"]),
+        destination=None if row["destination"] is None else Path(row["destination"]),
+        action=row["action"],
+        reason=row["reason"],
+        label=row["label"],
+        probability=row["probability"],
+        probabilities=json.loads(row["probabilities"]),
+        checkpoints=json.loads(row["checkpoints"]),
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        sha256=row["sha256"],
+        state=row["state"],
+        note=row["note"],
+        undoes=row["undoes"],
+    )
+
+
+class Journal:
+    """The SQLite journal; use as a context manager. One thread per instance."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
+        self._db = connection
+        self._db.row_factory = sqlite3.Row
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open (creating it and its folder if needed) the journal at ``path``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"{path}: journal schema {version} is newer than this gensift "
+                    f"understands ({SCHEMA_VERSION}); upgrade gensift"
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"{path}: cannot open the journal ({exc})") from exc
+        return cls(db, path)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Journal:
+        """Read an existing journal without changing anything; an empty one if it is missing."""
+        if not path.exists():
+            db = sqlite3.connect(":memory:", isolation_level=None)
+            db.executescript(_SCHEMA)
+            return cls(db, None)
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+            db.execute("SELECT count(*) FROM decisions").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot read the journal ({exc})") from exc
+        return cls(db, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def begin(
+        self,
+        run: str,
+        file: FileInfo,
+        decision: Decision,
+        destination: Path | None,
+        checkpoints: Mapping[str, str],
+        *,
+        action: str | None = None,
+        state: str = "intent",
+        undoes: int | None = None,
+    ) -> int:
+        """Record a decision (by default as an intent, before its file operation); its id."""
+        cursor = self._db.execute(
+            "INSERT INTO decisions (run, time, source, destination, action, reason, label, "
+            "probability, probabilities, checkpoints, size, mtime_ns, sha256, state, note, "
+            "undoes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run,
+                _now(),
+                str(file.path),
+                None if destination is None else str(destination),
+                action or decision.action,
+                decision.reason,
+                decision.label,
+                decision.probability,
+                json.dumps(decision.probabilities),
+                json.dumps(dict(checkpoints)),
+                file.size,
+                file.mtime_ns,
+                file.sha256,
+                state,
+                decision.note,
+                undoes,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish(self, entry_id: int, state: str, note: str | None = None) -> None:
+        """Move a row to its final state (after its file operation)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            if note is None:
+                self._db.execute("UPDATE decisions SET state = ? WHERE id = ?", (state, entry_id))
+            else:
+                self._db.execute(
+                    "UPDATE decisions SET state = ?, note = ? WHERE id = ?",
+                    (state, note, entry_id),
+                )
+            if state == "done":
+                self._db.execute(
+                    "UPDATE decisions SET state = 'undone' WHERE id = "
+                    "(SELECT undoes FROM decisions WHERE id = ?)",
+                    (entry_id,),
+                )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def decided(self, file: FileInfo) -> bool:
+        """Whether this file (same path, size and modification time) already has a decision."""
+        row = self._db.execute(
+            "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
+            f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
+            (str(file.path), file.size, file.mtime_ns),
+        ).fetchone()
+        return row is not None
+
+    def pending(self) -> list[Entry]:
+        """Rows whose file operation was started but never finished (a crash)."""
+        rows = self._db.execute("SELECT * FROM decisions WHERE state = 'intent' ORDER BY id")
+        return [_entry(r) for r in rows]
+
+    def get(self, entry_id: int) -> Entry:
+        row = self._db.execute("SELECT * FROM decisions WHERE id = ?", (entry_id,)).fetchone()
+        return _entry(row)
+
+    def history(self, limit: int | None = None) -> list[Entry]:
+        """The most recent rows, newest first."""
+        rows = self._db.execute(
+            "SELECT * FROM decisions ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)
+        )
+        return [_entry(r) for r in rows]
+
+    def entries(self) -> Iterator[Entry]:
+        """Every row, oldest first."""
+        for row in self._db.execute("SELECT * FROM decisions ORDER BY id"):
+            yield _entry(row)
+
+    def last_run(self) -> str | None:
+        """The run that most recently moved a file under the output root."""
+        row = self._db.execute(
+            f"SELECT run FROM decisions WHERE action IN {MOVING_ACTIONS} AND state = 'done' "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def finished(
+        self,
+        actions: tuple[str, ...] = MOVING_ACTIONS,
+        *,
+        since: datetime | None = None,
+        run: str | None = None,
+    ) -> list[Entry]:
+        """Finished rows of ``actions`` (newest first): all since ``since``, or one run.
+
+        With the default actions these are the moves undo may reverse.
+        """
+        marks = ", ".join("?" * len(actions))
+        query = f"SELECT * FROM decisions WHERE action IN ({marks}) AND state = 'done'"
+        params: list[str] = list(actions)
+        if since is not None:
+            query += " AND time >= ?"
+            params.append(since.astimezone(UTC).isoformat(timespec="milliseconds"))
+        if run is not None:
+            query += " AND run = ?"
+            params.append(run)
+        rows = self._db.execute(query + " ORDER BY id DESC", params)
+        return [_entry(r) for r in rows]

@@ -1,0 +1,217 @@
+"""Paths -> decisions -> file operations: the one pipeline ``sort`` and ``watch`` share.
+
+:func:`load_cascade` turns the config into a :class:`~gensift.models.predictor.Predictor`
+and a :class:`~gensift.daemon.decide.Policy`. :class:`Sifter` decodes files
+in a bounded thread pool, culls corrupt and blank files by rule, batches the
+rest through the cascade, decides, and hands each decision to the router.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from gensift.daemon.config import Settings
+from gensift.daemon.decide import (
+    Decision,
+    Policy,
+    check_reject_classes,
+    decide,
+    passes_quality,
+    rule_decision,
+    stage_threshold,
+)
+from gensift.daemon.decode import (
+    Decoded,
+    DecodePool,
+    Decoder,
+    FileInfo,
+    default_workers,
+    formats_for,
+)
+from gensift.daemon.journal import Journal
+from gensift.daemon.router import Outcome, Router
+from gensift.models.errors import InputError
+from gensift.models.fsutil import TEMP_PREFIX
+from gensift.models.predictor import Predictor
+from gensift.models.presets import STAGES, Stage
+
+
+@dataclass(frozen=True)
+class Cascade:
+    predictor: Predictor
+    policy: Policy
+
+
+def load_cascade(settings: Settings) -> Cascade:
+    """Load the configured checkpoints and the rules that act on their probabilities."""
+    checkpoints: dict[Stage, Path | None] = {}
+    for stage in STAGES:
+        path = getattr(settings.stages, stage).checkpoint
+        if path is not None and not path.is_file():
+            raise InputError(
+                f"stages.{stage}.checkpoint: {path} does not exist. Train it with "
+                f"'gensift train {stage} --data DIR', or set the key to \"\" to turn the "
+                f"{stage} stage off"
+            )
+        checkpoints[stage] = path
+    predictor = Predictor.load(
+        checkpoints, device=settings.inference.device, precision=settings.inference.precision
+    )
+    quality = predictor.stages.get("quality")
+    feature = predictor.stages.get("feature")
+    reject_classes = settings.stages.quality.reject_classes
+    if quality is not None:
+        check_reject_classes(reject_classes, quality.meta, str(quality.path))
+    policy = Policy(
+        reject_action=settings.output.reject_action,
+        uncertain_action=settings.output.uncertain_action,
+        reject_classes=frozenset(reject_classes),
+        quality_threshold=None
+        if quality is None
+        else stage_threshold("quality", settings.stages.quality.threshold, quality.meta),
+        feature_threshold=None
+        if feature is None
+        else stage_threshold("feature", settings.stages.feature.threshold, feature.meta),
+        has_quality=quality is not None,
+        has_feature=feature is not None,
+    )
+    return Cascade(predictor, policy)
+
+
+def wanted(path: Path, patterns: Sequence[str]) -> bool:
+    """Whether a file name matches the watch patterns (case-insensitive) and is not ours."""
+    name = path.name.lower()
+    if name.startswith(TEMP_PREFIX):
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in patterns)
+
+
+def discover(
+    roots: Iterable[Path], patterns: Sequence[str], *, recursive: bool, exclude: Sequence[Path]
+) -> list[Path]:
+    """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``."""
+    excluded = [e.resolve() for e in exclude]
+    found: set[Path] = set()
+    for root in roots:
+        if root.is_file():
+            candidates: Iterable[Path] = [root]
+        elif root.is_dir():
+            candidates = root.rglob("*") if recursive else root.iterdir()
+        else:
+            raise InputError(f"{root}: no such file or folder")
+        for path in candidates:
+            if path.is_symlink() or not path.is_file() or not wanted(path, patterns):
+                continue
+            resolved = path.resolve()
+            if any(resolved.is_relative_to(e) for e in excluded):
+                continue
+            found.add(path.absolute())
+    return sorted(found)
+
+
+def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]:
+    """The paths with no decision yet (same path, size and mtime), and how many were skipped."""
+    todo, skipped = [], 0
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if journal.decided(FileInfo(path, st.st_size, st.st_mtime_ns)):
+            skipped += 1
+        else:
+            todo.append(path)
+    return todo, skipped
+
+
+class Sifter:
+    """Runs files through decode -> cascade -> decision -> router."""
+
+    def __init__(
+        self, settings: Settings, cascade: Cascade, router: Router, *, workers: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.cascade = cascade
+        self.router = router
+        predictor = cascade.predictor
+        self.decoder = Decoder(
+            presets=predictor.presets,
+            formats=formats_for(settings.watch.patterns),
+            settle_seconds=settings.watch.settle_seconds,
+        )
+        self.workers = workers or default_workers(predictor.device)
+        self._passes = partial(passes_quality, cascade.policy)
+
+    def sift(self, paths: Iterable[Path]) -> Iterator[Outcome]:
+        """Decide and route every path, yielding one outcome per path."""
+        batch_size = self.settings.inference.batch_size
+        pool = DecodePool(self.decoder, self.workers, window=max(4 * batch_size, 2 * self.workers))
+        batch: list[Decoded] = []
+        for item in pool.map(paths):
+            if item.status == "ok":
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    yield from self.run_batch(batch)
+                    batch = []
+            else:
+                yield self.by_rule(item)
+        if batch:
+            yield from self.run_batch(batch)
+
+    def by_rule(self, item: Decoded) -> Outcome:
+        """Corrupt and blank files are decided without a model; the rest wait for later."""
+        if item.status in ("corrupt", "blank"):
+            decision = rule_decision(self.cascade.policy, item.status, item.note)  # type: ignore[arg-type]
+            return self._route(item, decision, {})
+        level = "ERROR" if item.status == "unreadable" else "WARNING"
+        logger.log(level, "{}: {}; left for a later run", item.file.path, item.note)
+        return Outcome(item.file, None, None, item.status, item.note)
+
+    def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:
+        """One forward pass of the cascade over decoded images, then their decisions."""
+        predictor = self.cascade.predictor
+        inputs = {
+            key: preset.normalize(torch.stack([item.inputs[key] for item in batch]))
+            for key, preset in predictor.presets.items()
+        }
+        results = predictor.predict(inputs, self._passes)
+        outcomes = []
+        for item, probs in zip(batch, results, strict=True):
+            decision = decide(self.cascade.policy, probs.get("quality"), probs.get("feature"))
+            ids = {stage: predictor.stages[stage].meta.id for stage in probs}
+            outcomes.append(self._route(item, decision, ids))
+        return outcomes
+
+    def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
+        outcome = self.router.apply(item.file, decision, checkpoints)
+        _log_outcome(outcome)
+        return outcome
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    decision = outcome.decision
+    if decision is None:
+        return
+    where = f" -> {outcome.destination}" if outcome.destination is not None else ""
+    why = decision.reason if decision.label is None else f"{decision.reason} {decision.label}"
+    p = "" if decision.probability is None else f" p={decision.probability:.3f}"
+    note = f" ({outcome.note})" if outcome.note else ""
+    level = "ERROR" if outcome.state == "failed" else "INFO"
+    logger.log(
+        level,
+        "{}: {} [{}] {}{}{}{}",
+        outcome.file.path,
+        decision.action,
+        outcome.state,
+        why,
+        p,
+        where,
+        note,
+    )

@@ -1,0 +1,240 @@
+"""Decisions -> file operations, each one journaled before and after it happens.
+
+The :class:`Router` carries out a :class:`~gensift.daemon.decide.Decision`:
+move to ``<root>/<class>/``, quarantine to ``<root>/_rejected/``, review to
+``<root>/_review/``, the OS recycle bin (falling back to quarantine where there
+is none), permanent delete, or leave in place. :func:`repair` settles what a
+crash interrupted and :func:`restore` is undo's inverse move; all three share
+:func:`gensift.daemon.fileops.transfer`.
+
+In a dry run nothing on disk or in the journal changes; names a real run would
+take are claimed in memory so the plan shows the same renames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from loguru import logger
+
+from gensift.daemon.config import OutputSettings
+from gensift.daemon.decide import Decision
+from gensift.daemon.decode import FileInfo
+from gensift.daemon.fileops import candidates, confined, same_content, temp_path, transfer
+from gensift.daemon.journal import Entry, Journal
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file.
+
+    ``state``: done, planned (dry run), skipped (name taken, ``on_conflict = "skip"``),
+    failed, or, with no decision: stale (changed since it was read), unsettled
+    (still being written), unreadable or gone. Those are not journaled and are
+    seen again by the next run or rescan.
+    """
+
+    file: FileInfo
+    decision: Decision | None
+    destination: Path | None
+    state: str
+    note: str = ""
+    checkpoints: Mapping[str, str] | None = None
+
+    @property
+    def action(self) -> str:
+        return self.decision.action if self.decision is not None else "none"
+
+
+class Router:
+    """Carries out decisions under ``output.root``; one thread per instance."""
+
+    def __init__(
+        self,
+        output: OutputSettings,
+        journal: Journal,
+        run: str,
+        *,
+        dry_run: bool = False,
+        force_copy: bool = False,
+    ) -> None:
+        self.output = output
+        self.journal = journal
+        self.run = run
+        self.dry_run = dry_run
+        self.force_copy = force_copy
+        self._claimed: set[Path] = set()
+
+    def apply(self, file: FileInfo, decision: Decision, checkpoints: Mapping[str, str]) -> Outcome:
+        """Carry out ``decision`` for ``file`` (or plan it, in a dry run)."""
+        if not self.dry_run and _changed_since_read(file):
+            return Outcome(file, decision, None, "stale", "changed since it was read; later")
+        folder = decision.folder
+        if folder is not None:
+            return self._move(file, decision, folder, checkpoints)
+        if self.dry_run:
+            return Outcome(file, decision, None, "planned", decision.note, checkpoints)
+        if decision.action == "leave":
+            self.journal.begin(self.run, file, decision, None, checkpoints, state="done")
+            return Outcome(file, decision, None, "done", decision.note, checkpoints)
+        return self._remove(file, decision, checkpoints)
+
+    def _move(
+        self, file: FileInfo, decision: Decision, folder: str, checkpoints: Mapping[str, str]
+    ) -> Outcome:
+        target_dir = confined(self.output.root, folder)
+        for dst in candidates(target_dir, file.path.name):
+            if dst.exists() or dst in self._claimed:
+                if self.output.on_conflict == "skip":
+                    return self._skipped(file, decision, dst, checkpoints)
+                continue
+            if self.dry_run:
+                self._claimed.add(dst)
+                return Outcome(file, decision, dst, "planned", decision.note, checkpoints)
+            target_dir.mkdir(parents=True, exist_ok=True)
+            entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
+            try:
+                transfer(file.path, dst, str(entry_id), copy=self.force_copy)
+            except FileExistsError:  # the name was taken after we looked: try the next one
+                self.journal.finish(entry_id, "abandoned", "destination appeared; renamed")
+                continue
+            except OSError as exc:
+                return self._failed(file, decision, dst, entry_id, exc, checkpoints)
+            self.journal.finish(entry_id, "done")
+            return Outcome(file, decision, dst, "done", decision.note, checkpoints)
+        raise AssertionError("unreachable: candidates() never ends")
+
+    def _skipped(
+        self, file: FileInfo, decision: Decision, dst: Path, checkpoints: Mapping[str, str]
+    ) -> Outcome:
+        note = f"{dst.name} already exists in {dst.parent}; left in place (on_conflict = skip)"
+        if not self.dry_run:
+            self.journal.begin(
+                self.run, file, replace(decision, note=note), dst, checkpoints, state="skipped"
+            )
+        return Outcome(file, decision, dst, "skipped", note, checkpoints)
+
+    def _remove(
+        self, file: FileInfo, decision: Decision, checkpoints: Mapping[str, str]
+    ) -> Outcome:
+        entry_id = self.journal.begin(self.run, file, decision, None, checkpoints)
+        try:
+            if decision.action == "trash":
+                _send_to_trash(file.path)
+            else:
+                file.path.unlink()
+        except OSError as exc:
+            if decision.action != "trash":
+                return self._failed(file, decision, None, entry_id, exc, checkpoints)
+            note = f"no recycle bin for {file.path} ({exc}); quarantined instead"
+            logger.warning("{}", note)
+            self.journal.finish(entry_id, "abandoned", note)
+            fallback = replace(decision, action="quarantine", note=note)
+            return self.apply(file, fallback, checkpoints)
+        self.journal.finish(entry_id, "done")
+        return Outcome(file, decision, None, "done", decision.note, checkpoints)
+
+    def _failed(
+        self,
+        file: FileInfo,
+        decision: Decision,
+        dst: Path | None,
+        entry_id: int,
+        exc: OSError,
+        checkpoints: Mapping[str, str],
+    ) -> Outcome:
+        note = f"{decision.action} failed: {exc.strerror or exc}; the file was left in place"
+        logger.error("{}: {}", file.path, note)
+        self.journal.finish(entry_id, "failed", note)
+        return Outcome(file, decision, dst, "failed", note, checkpoints)
+
+
+def _changed_since_read(file: FileInfo) -> bool:
+    try:
+        st = file.path.stat()
+    except OSError:
+        return True
+    return (st.st_size, st.st_mtime_ns) != (file.size, file.mtime_ns)
+
+
+def _send_to_trash(path: Path) -> None:
+    from send2trash import send2trash
+
+    send2trash(path)
+
+
+def repair(journal: Journal) -> int:
+    """Settle every operation a crash interrupted; returns how many there were.
+
+    For each ``intent`` row: the file is in exactly one place afterwards. A move
+    that had not happened is abandoned (the file will be decided again); one
+    that had is marked done; a copy that reached its destination loses its
+    source; an empty placeholder or a staging copy of ours is removed. A file
+    at the destination that is not ours is never touched.
+    """
+    pending = journal.pending()
+    for entry in pending:
+        state, note = _settle(entry)
+        journal.finish(entry.id, state, note)
+        logger.info("journal repair: {} {} -> {}: {}", entry.action, entry.source, state, note)
+    return len(pending)
+
+
+def _settle(entry: Entry) -> tuple[str, str]:
+    src, dst = entry.source, entry.destination
+    if dst is None:  # trash or delete
+        if src.exists():
+            return "abandoned", "interrupted before the file was removed; decided again later"
+        return "done", "the file was removed before the interruption"
+    temp_path(dst, str(entry.id)).unlink(missing_ok=True)
+    src_there, dst_there = src.exists(), dst.exists()
+    if src_there and dst_there:
+        if _same_file(src, dst) or same_content(dst, entry.size, entry.sha256):
+            src.unlink()
+            return "done", "the move had reached its destination; the source copy was removed"
+        if dst.stat().st_size == 0:
+            dst.unlink()
+            return "abandoned", "removed an empty placeholder; decided again later"
+        return "abandoned", f"{dst} holds another file; left alone; decided again later"
+    if dst_there:
+        return "done", "the move had completed before the interruption"
+    if src_there:
+        return "abandoned", "interrupted before the file moved; decided again later"
+    logger.warning("journal repair: {} is neither at {} nor at {}", entry.sha256[:12], src, dst)
+    return "failed", "the file is in neither place (moved or deleted by someone else)"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) -> Outcome:
+    """Move one finished move back to its source; never overwrites. Undo's one step."""
+    assert entry.destination is not None
+    back = FileInfo(entry.destination, entry.size, entry.mtime_ns, entry.sha256)
+    decision = Decision("move", entry.reason, entry.label, entry.probability)  # type: ignore[arg-type]
+    if not entry.destination.exists():
+        return Outcome(back, decision, entry.source, "failed", "no longer at its destination")
+    if entry.source.exists():
+        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
+    if dry_run:
+        return Outcome(back, decision, entry.source, "planned")
+    entry.source.parent.mkdir(parents=True, exist_ok=True)
+    entry_id = journal.begin(
+        run, back, decision, entry.source, entry.checkpoints, action="restore", undoes=entry.id
+    )
+    try:
+        transfer(entry.destination, entry.source, str(entry_id))
+    except FileExistsError:
+        journal.finish(entry_id, "abandoned", "its original path was taken")
+        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
+    except OSError as exc:
+        journal.finish(entry_id, "failed", str(exc))
+        return Outcome(back, decision, entry.source, "failed", str(exc))
+    journal.finish(entry_id, "done")
+    return Outcome(back, decision, entry.source, "done")

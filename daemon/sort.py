@@ -1,0 +1,169 @@
+"""``gensift sort``: route files already on disk through the cascade, then summarise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from loguru import logger
+from tqdm import tqdm
+
+from gensift.daemon.config import Settings
+from gensift.daemon.journal import Journal
+from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
+from gensift.daemon.router import Outcome, Router, repair
+
+PLAN_COLUMNS = (
+    "source",
+    "action",
+    "reason",
+    "class",
+    "probability",
+    "destination",
+    "state",
+    "note",
+    "quality",
+    "feature",
+)
+
+
+def new_run_id(kind: str) -> str:
+    """A readable id for one invocation; journal rows carry it so undo can reverse one run."""
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+
+
+@dataclass
+class SortResult:
+    counts: Counter[str] = field(default_factory=Counter)
+    decided: int = 0
+    already: int = 0
+    seconds: float = 0.0
+    repaired: int = 0
+
+
+def run_sort(
+    settings: Settings,
+    roots: Sequence[Path],
+    *,
+    recursive: bool = False,
+    dry_run: bool = False,
+    plan: Path | None = None,
+    out: TextIO = sys.stdout,
+    progress: bool = True,
+    force_copy: bool = False,
+) -> SortResult:
+    """Sort every matching file under ``roots``; prints the plan in a dry run."""
+    result = SortResult()
+    journal_path = settings.journal.path
+    paths = discover(
+        roots, settings.watch.patterns, recursive=recursive, exclude=[settings.output.root]
+    )
+    cascade = load_cascade(settings)
+    logger.info("cascade: {}", cascade.predictor.describe())
+    journal = Journal.open_readonly(journal_path) if dry_run else Journal.open(journal_path)
+    with journal:
+        if not dry_run:
+            result.repaired = repair(journal)
+        todo, result.already = undecided(paths, journal)
+        router = Router(
+            settings.output,
+            journal,
+            new_run_id("dry-run" if dry_run else "sort"),
+            dry_run=dry_run,
+            force_copy=force_copy,
+        )
+        sifter = Sifter(settings, cascade, router)
+        started = time.perf_counter()
+        with _plan_writer(plan) as write_row:
+            bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
+            with bar:
+                for outcome in sifter.sift(todo):
+                    bar.update()
+                    result.counts[summary_label(outcome)] += 1
+                    result.decided += outcome.decision is not None
+                    write_row(outcome)
+                    if dry_run:
+                        print(plan_line(outcome), file=out)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+@contextmanager
+def _plan_writer(path: Path | None) -> Iterator[Callable[[Outcome], object]]:
+    """A function that writes one outcome to the CSV plan at ``path`` (or nowhere)."""
+    if path is None:
+        yield lambda outcome: None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PLAN_COLUMNS)
+        yield lambda outcome: writer.writerow(plan_row(outcome))
+
+
+def plan_row(outcome: Outcome) -> list[str]:
+    d = outcome.decision
+    probs = d.probabilities if d is not None else {}
+    return [
+        str(outcome.file.path),
+        outcome.action,
+        d.reason if d else "",
+        (d.label or "") if d else "",
+        "" if d is None or d.probability is None else f"{d.probability:.6f}",
+        "" if outcome.destination is None else str(outcome.destination),
+        outcome.state,
+        outcome.note,
+        json.dumps(probs["quality"]) if "quality" in probs else "",
+        json.dumps(probs["feature"]) if "feature" in probs else "",
+    ]
+
+
+def plan_line(outcome: Outcome) -> str:
+    d = outcome.decision
+    if d is None:
+        return f"{outcome.file.path}: not decided ({outcome.state}: {outcome.note})"
+    p = "" if d.probability is None else f" p={d.probability:.3f}"
+    why = d.reason if d.label is None else f"{d.reason} {d.label}"
+    target = f" -> {outcome.destination}" if outcome.destination is not None else ""
+    return f"{outcome.file.path}: {d.action}{target} ({why}{p})"
+
+
+def summary_label(outcome: Outcome) -> str:
+    """The line of the closing summary an outcome counts towards."""
+    d = outcome.decision
+    if d is None:
+        return f"not decided: {outcome.state} (tried again next run)"
+    if outcome.state in ("skipped", "failed"):
+        return f"{outcome.state}: {d.action} ({d.reason})"
+    if d.action == "move":
+        return f"move to {d.label}/"
+    if d.action == "leave":
+        return f"leave in place ({d.reason})"
+    return f"{d.action} ({d.reason})"
+
+
+def format_summary(result: SortResult, *, dry_run: bool) -> str:
+    verb = "planned" if dry_run else "sorted"
+    rate = result.decided / result.seconds if result.seconds > 0 else 0.0
+    lines = [
+        f"{verb} {result.decided} file(s) in {result.seconds:.1f} s ({rate:.1f} images/s); "
+        f"{result.already} already decided earlier"
+        + (f"; {result.repaired} interrupted operation(s) repaired" if result.repaired else "")
+    ]
+    if result.counts:
+        width = max(map(len, result.counts))
+        for label, count in sorted(result.counts.items()):
+            lines.append(f"  {label:<{width}}  {count:>6}")
+    if dry_run:
+        lines.append("dry run: nothing was moved and the journal was not changed")
+    return "\n".join(lines)
