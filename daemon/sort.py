@@ -58,7 +58,7 @@ def run_sort(
     recursive: bool = False,
     dry_run: bool = False,
     plan: Path | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     progress: bool = True,
     force_copy: bool = False,
 ) -> SortResult:
@@ -93,7 +93,7 @@ def run_sort(
                     result.decided += outcome.decision is not None
                     write_row(outcome)
                     if dry_run:
-                        print(plan_line(outcome), file=out)
+                        print(plan_line(outcome), file=out or sys.stdout)
         result.seconds = time.perf_counter() - started
     return result
 

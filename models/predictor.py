@@ -149,8 +149,12 @@ class Predictor:
         *,
         device: str = "auto",
         precision: str = "auto",
+        share_backbone: bool = True,
     ) -> Predictor:
-        """Load each configured stage through the one checkpoint reader (CheckpointError if bad)."""
+        """Load each configured stage through the one checkpoint reader (CheckpointError if bad).
+
+        ``share_backbone=False`` runs two full models even where one backbone would do.
+        """
         torch_device = resolve_device(device)
         loaded: dict[Stage, tuple[Path, Classifier, CheckpointMeta]] = {}
         for stage in STAGES:
@@ -160,7 +164,7 @@ class Predictor:
                 loaded[stage] = (Path(path), model, meta)
         if not loaded:
             raise InputError("no stage has a checkpoint: train one with 'gensift train'")
-        share = "quality" in loaded and "feature" in loaded
+        share = share_backbone and "quality" in loaded and "feature" in loaded
         share = share and _can_share(loaded["quality"][2], loaded["feature"][2])
         stages = []
         for stage, (path, model, meta) in loaded.items():

@@ -82,6 +82,25 @@ def trained_quality(tmp_path_factory: pytest.TempPathFactory, quality_data: Path
     return out
 
 
+@pytest.fixture(scope="session")
+def feature_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("feature"), {"red": 24, "blue": 24, "stripes": 24})
+
+
+@pytest.fixture(scope="session")
+def frozen_pair(
+    tmp_path_factory: pytest.TempPathFactory, quality_data: Path, feature_data: Path
+) -> tuple[Path, Path]:
+    """Quality and feature checkpoints trained head-only on one shared (random) backbone:
+    the feature stage starts ``--init-from`` the quality checkpoint, as a user would."""
+    folder = tmp_path_factory.mktemp("frozen")
+    quality, feature = folder / "quality.safetensors", folder / "feature.safetensors"
+    frozen = ["--freeze-backbone", "--epochs", "15", "--seed", "1"]
+    assert train_cli("quality", quality_data, quality, *frozen) == 0
+    assert train_cli("feature", feature_data, feature, *frozen, "--init-from", str(quality)) == 0
+    return quality, feature
+
+
 @pytest.fixture(autouse=True)
 def _reset_loguru() -> Iterator[None]:
     """Each test starts and ends with one loguru sink writing to the current stderr."""

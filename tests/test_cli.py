@@ -16,7 +16,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     return commands.choices[name]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "sort", "undo", "history"])
 def test_every_option_is_explained(command: str) -> None:
     parser = _subparser(command)
     for action in parser._actions:

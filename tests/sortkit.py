@@ -1,0 +1,143 @@
+"""Helpers for the sort, undo and crash tests: inboxes of drawn and broken files, configs,
+and the ledger check that every file is in exactly one place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from conftest import draw
+from PIL import Image
+
+from gensift.daemon.journal import MOVING_ACTIONS, Entry, Journal
+
+KINDS = {"keep": 6, "reject": 6, "red": 3, "blue": 3, "stripes": 3}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A few hundred bytes of PNG that claim ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 1000)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def fill_inbox(
+    inbox: Path, *, seed: int = 0, broken: bool = True, scale: int = 1
+) -> dict[Path, str]:
+    """Drawn images of every kind (and, with ``broken``, one file of each broken kind);
+    returns {path: sha256} of the files ``gensift sort`` should decide."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for kind, n in KINDS.items():
+        for i in range(n * scale):
+            draw(kind, rng).save(inbox / f"{kind}_{i:03d}.png")
+    if broken:
+        (inbox / "zero.png").write_bytes(b"")
+        (inbox / "text.png").write_text("not an image\n")
+        whole = (inbox / "keep_000.png").read_bytes()
+        (inbox / "truncated.png").write_bytes(whole[: len(whole) // 2])
+        (inbox / "bomb.png").write_bytes(png_bomb())
+        Image.new("RGB", (48, 48)).save(inbox / "black.png")
+    return {p.absolute(): sha(p) for p in sorted(inbox.glob("*.png"))}
+
+
+BROKEN = {"zero.png": "corrupt", "text.png": "corrupt", "truncated.png": "corrupt",
+          "bomb.png": "corrupt", "black.png": "blank"}  # fmt: skip
+
+
+def write_config(
+    folder: Path,
+    quality: Path | None,
+    feature: Path | None,
+    *,
+    quality_threshold: float | str = 0.6,
+    feature_threshold: float | str = 0.5,
+    reject_action: str = "quarantine",
+    uncertain_action: str = "leave",
+    on_conflict: str = "rename",
+    batch_size: int = 4,
+) -> Path:
+    """A config for tests: settle_seconds 0, CPU, output and journal under ``folder``."""
+    text = f"""
+[watch]
+patterns = ["*.png", "*.jpg"]
+settle_seconds = 0
+[output]
+root = {json.dumps(str(folder / "out"))}
+reject_action = "{reject_action}"
+uncertain_action = "{uncertain_action}"
+on_conflict = "{on_conflict}"
+[inference]
+device = "cpu"
+batch_size = {batch_size}
+[stages.quality]
+checkpoint = {json.dumps(str(quality or ""))}
+reject_classes = ["reject"]
+threshold = {json.dumps(quality_threshold)}
+[stages.feature]
+checkpoint = {json.dumps(str(feature or ""))}
+threshold = {json.dumps(feature_threshold)}
+[journal]
+path = {json.dumps(str(folder / "journal.sqlite3"))}
+[log]
+level = "INFO"
+"""
+    path = folder / "gensift.toml"
+    path.write_text(text)
+    return path
+
+
+def decisions(journal: Path) -> list[Entry]:
+    """Every decision row (not undo's restore rows), oldest first."""
+    with Journal.open_readonly(journal) as j:
+        return [e for e in j.entries() if e.action != "restore"]
+
+
+def check_ledger(
+    originals: dict[Path, str],
+    journal: Path,
+    out_root: Path,
+    preexisting: frozenset[Path] = frozenset(),
+) -> dict[Path, Entry]:
+    """Every file has exactly one final decision and is exactly where that decision says,
+    byte-identical; no file under the output root is unaccounted for; no intent is left."""
+    rows = decisions(journal)
+    assert not [e for e in rows if e.state == "intent"], "unrepaired intent rows"
+    final: dict[Path, Entry] = {}
+    for e in rows:
+        if e.state in ("done", "skipped"):
+            assert e.source not in final, f"{e.source} decided twice"
+            final[e.source] = e
+    placed = set()
+    for path, digest in originals.items():
+        assert path in final, f"{path} has no decision"
+        e = final[path]
+        if e.state == "done" and e.action in MOVING_ACTIONS:
+            assert e.destination is not None
+            assert not path.exists(), f"{path} is both at its source and at {e.destination}"
+            assert sha(e.destination) == digest
+            assert e.destination.is_relative_to(out_root)
+            placed.add(e.destination)
+        elif e.state == "done" and e.action in ("delete", "trash"):
+            assert not path.exists()
+        else:
+            assert sha(path) == digest, f"{path} should be untouched ({e.action}, {e.state})"
+    if out_root.exists():
+        on_disk = {p for p in out_root.rglob("*") if p.is_file()}
+        extra = on_disk - placed - preexisting
+        assert not extra, f"unaccounted files under the output root: {sorted(extra)}"
+    return final
