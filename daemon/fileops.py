@@ -87,7 +87,7 @@ def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(dst.parent)
-    src.unlink()
+    _remove_source(src, dst)
     fsync_dir(src.parent)
 
 
@@ -108,7 +108,19 @@ def _place(src: Path, dst: Path) -> None:
             dst.unlink(missing_ok=True)
             raise
         return
-    src.unlink()
+    _remove_source(src, dst)
+
+
+def _remove_source(src: Path, dst: Path) -> None:
+    """Remove ``src`` now that ``dst`` holds its bytes; if that fails, take ``dst`` back
+    so the file is still in exactly one place, and re-raise."""
+    try:
+        src.unlink()
+    except FileNotFoundError:
+        return  # already gone: ``dst`` is now the only copy and must stay
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
 
 
 def same_content(path: Path, size: int, sha256: str) -> bool:

@@ -616,3 +616,27 @@ def test_restore_dry_run_changes_nothing(journal: Journal, src_dir: Path, out: P
     assert (out / "red" / "gen.png").exists()
     assert journal.get(entry.id).state == "done"
     assert len(journal.history()) == 1
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_source_that_cannot_be_removed_stays_the_only_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: bool
+) -> None:
+    # Root ignores folder permissions, so a read-only source folder is simulated.
+    src = tmp_path / "in" / "gen.png"
+    src.parent.mkdir()
+    src.write_bytes(b"png bytes" * 100)
+    dst = tmp_path / "out" / "gen.png"
+    dst.parent.mkdir()
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == src:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        transfer(src, dst, "7", copy=copy)
+    assert src.read_bytes() == b"png bytes" * 100
+    assert list(dst.parent.iterdir()) == []
