@@ -28,10 +28,15 @@ from gensift.models.errors import InputError
 from gensift.models.presets import STAGES, EvalPreset, Stage
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether convolutions run faster in NHWC here: cuDNN and oneDNN (CPU) do; MPS not."""
+    return device.type in ("cuda", "cpu")
+
+
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to ``device`` in eval mode; channels_last on CUDA, where it is faster."""
+    """Move to ``device`` in eval mode, channels_last where that is faster."""
     model = model.to(device).eval()
-    if device.type == "cuda":
+    if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -41,7 +46,7 @@ def forward(
 ) -> torch.Tensor:
     """``module(images)`` on ``device`` under autocast ``amp`` (None = fp32); float32 out."""
     images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if channels_last(device):
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         return module(images).float()

@@ -65,7 +65,7 @@ from gensift.models.data import (
     stratified_split,
 )
 from gensift.models.device import autocast_dtype, resolve_device
-from gensift.models.predictor import eval_loader, forward_batches, prepare_for_inference
+from gensift.models.predictor import eval_loader, forward_batches
 from gensift.models.presets import EvalPreset, Stage, TrainPreset
 from gensift.models.report import EpochRecord, write_report
 
@@ -267,7 +267,9 @@ class _Trainer:
         val_samples: list[Sample],
     ) -> None:
         self.opts, self.ddp, self.device = opts, ddp, device
-        self.model = prepare_for_inference(model, device)
+        self.model = model.to(device).eval()
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.classes = classes
         self.train_samples, self.val_samples = train_samples, val_samples
         self.amp = autocast_dtype(device)
