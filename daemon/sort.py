@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +39,7 @@ PLAN_COLUMNS = (
 
 def new_run_id(kind: str) -> str:
     """A readable id for one invocation; journal rows carry it so undo can reverse one run."""
-    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
