@@ -326,7 +326,7 @@ def _run_sort(args: argparse.Namespace) -> int:
     print(format_summary(result, dry_run=args.dry_run))
     if args.plan:
         print(f"plan: {args.plan}")
-    return EXIT_OK
+    return EXIT_FAILURE if result.failed else EXIT_OK
 
 
 def _run_undo(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ SUFFIX_FORMATS: Mapping[str, str] = {
     ".jpeg": "JPEG",
     ".webp": "WEBP",
 }
-#: Largest per-channel standard deviation (0..255) of a 64x64 thumbnail that counts as blank.
+#: Largest per-channel standard deviation (0..255) of an image that counts as blank.
 BLANK_STDDEV = 2.0
 
 Status = Literal["ok", "blank", "corrupt", "unsettled", "unreadable", "gone"]
@@ -79,9 +79,9 @@ def formats_for(patterns: Sequence[str]) -> tuple[str, ...]:
 
 
 def is_blank(img: Image.Image) -> bool:
-    """Near-constant pixels in every channel."""
-    thumb = img.resize((64, 64), Image.Resampling.BOX)
-    return max(ImageStat.Stat(thumb).stddev) <= BLANK_STDDEV
+    """Near-constant pixels in every channel, measured at full resolution (a thumbnail
+    would average a thin line on a plain background away)."""
+    return max(ImageStat.Stat(img).stddev) <= BLANK_STDDEV
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,13 @@ class Decoder:
     clock: Callable[[], float] = time.time
 
     def __call__(self, path: Path) -> Decoded:
-        first = self._attempt(path)
-        if first.status != "corrupt":
-            return first
-        return self._attempt(path)  # the retry: a settled file gets a second read
+        try:
+            first = self._attempt(path)
+            if first.status != "corrupt":
+                return first
+            return self._attempt(path)  # the retry: a settled file gets a second read
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
+            return Decoded(FileInfo(path), "unreadable", f"{type(exc).__name__}: {exc}")
 
     def _attempt(self, path: Path) -> Decoded:
         try:

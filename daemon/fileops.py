@@ -82,7 +82,7 @@ def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
             shutil.copyfileobj(reader, writer, 1 << 20)
             writer.flush()
             os.fsync(writer.fileno())
-        shutil.copystat(src, tmp)
+        _keep_times(src, tmp)
         _place(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -91,8 +91,22 @@ def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
     fsync_dir(src.parent)
 
 
+def _keep_times(src: Path, copy: Path) -> None:
+    """Give the copy the source's times; best effort (CIFS shares refuse utime)."""
+    try:
+        st = src.stat()
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError:
+        pass
+
+
 def _place(src: Path, dst: Path) -> None:
     """Give ``src``'s file the name ``dst`` (same filesystem), never replacing one."""
+    if os.name == "nt":
+        # Windows' rename refuses an existing name (FileExistsError), is atomic, and works
+        # on files another program holds open, where unlinking a hard link would not.
+        src.rename(dst)
+        return
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -104,8 +118,9 @@ def _place(src: Path, dst: Path) -> None:
         os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         try:
             src.replace(dst)
-        except BaseException:
-            dst.unlink(missing_ok=True)
+        except OSError:
+            if src.exists():  # the rename did not happen: drop our placeholder
+                dst.unlink(missing_ok=True)
             raise
         return
     _remove_source(src, dst)
@@ -113,13 +128,18 @@ def _place(src: Path, dst: Path) -> None:
 
 def _remove_source(src: Path, dst: Path) -> None:
     """Remove ``src`` now that ``dst`` holds its bytes; if that fails, take ``dst`` back
-    so the file is still in exactly one place, and re-raise."""
+    so the file is still in exactly one place, and re-raise.
+
+    Only an ``OSError`` with the source still there takes ``dst`` back: after an
+    interrupt (Ctrl-C) both names may remain, and journal repair settles them.
+    """
     try:
         src.unlink()
     except FileNotFoundError:
         return  # already gone: ``dst`` is now the only copy and must stay
-    except BaseException:
-        dst.unlink(missing_ok=True)
+    except OSError:
+        if src.exists():
+            dst.unlink(missing_ok=True)
         raise
 
 

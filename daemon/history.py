@@ -27,7 +27,10 @@ def parse_duration(text: str) -> timedelta:
             f"--since {text!r}: not a duration; use a number and a unit s, m, h, d or w "
             "(for example 30m, 2h, 1d or 1h30m)"
         )
-    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    except OverflowError:
+        raise InputError(f"--since {text!r}: too long a duration") from None
 
 
 @dataclass
@@ -42,6 +45,7 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
     path = settings.journal.path
     result = UndoResult()
     if not dry_run and not path.exists():
+        result.scope = f"{path} (no journal yet)"
         return result
     journal = Journal.open_readonly(path) if dry_run else Journal.open(path)
     with journal:
@@ -57,7 +61,7 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
             entries = [] if run is None else journal.finished(run=run)
             if run is not None:
                 result.not_undoable = journal.finished(("trash", "delete"), run=run)
-            result.scope = f"the last run ({run})" if run else "the last run"
+            result.scope = f"the last run ({run})" if run else "the journal (no moves yet)"
         undo_run = new_run_id("undo")
         for entry in entries:
             result.outcomes.append((entry, restore(journal, entry, undo_run, dry_run=dry_run)))

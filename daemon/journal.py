@@ -8,9 +8,9 @@ again) or ``undone`` (``gensift undo`` moved it back). ``gensift undo`` writes
 its own ``restore`` rows. :func:`gensift.daemon.router.repair` settles the
 ``intent`` rows a crash left behind.
 
-WAL mode with ``synchronous = NORMAL``: a killed process loses nothing it
-committed, readers (``history``) never block the daemon, and a commit costs no
-fsync.
+WAL mode with ``synchronous = FULL``: a commit is on disk before the file
+operation it announces starts, even across a power cut; readers (``history``)
+never block the daemon.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA synchronous = FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(

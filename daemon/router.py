@@ -93,7 +93,12 @@ class Router:
             if self.dry_run:
                 self._claimed.add(dst)
                 return Outcome(file, decision, dst, "planned", decision.note, checkpoints)
-            target_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                target_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                note = f"cannot create {target_dir}: {exc.strerror or exc}; left in place"
+                logger.error("{}: {}", file.path, note)
+                return Outcome(file, decision, dst, "failed", note, checkpoints)
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
             try:
                 transfer(file.path, dst, str(entry_id), copy=self.force_copy)
@@ -176,7 +181,12 @@ def repair(journal: Journal) -> int:
     """
     pending = journal.pending()
     for entry in pending:
-        state, note = _settle(entry)
+        try:
+            state, note = _settle(entry)
+        except OSError as exc:  # an offline share, say: leave the row for the next start
+            logger.error("journal repair: {} {}: {}; tried again next start", entry.action,
+                         entry.source, exc)  # fmt: skip
+            continue
         journal.finish(entry.id, state, note)
         logger.info("journal repair: {} {} -> {}: {}", entry.action, entry.source, state, note)
     return len(pending)
@@ -191,9 +201,14 @@ def _settle(entry: Entry) -> tuple[str, str]:
     temp_path(dst, str(entry.id)).unlink(missing_ok=True)
     src_there, dst_there = src.exists(), dst.exists()
     if src_there and dst_there:
-        if _same_file(src, dst) or same_content(dst, entry.size, entry.sha256):
+        if _same_file(src, dst):
             src.unlink()
-            return "done", "the move had reached its destination; the source copy was removed"
+            return "done", "the move had reached its destination; the old name was removed"
+        if same_content(dst, entry.size, entry.sha256):
+            if not same_content(src, entry.size, entry.sha256):
+                return "done", "the move had completed; a new file with the old name is left"
+            src.unlink()
+            return "done", "the copy had reached its destination; the source was removed"
         if dst.stat().st_size == 0:
             dst.unlink()
             return "abandoned", "removed an empty placeholder; decided again later"
@@ -220,6 +235,8 @@ def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) 
     decision = Decision("move", entry.reason, entry.label, entry.probability)  # type: ignore[arg-type]
     if not entry.destination.exists():
         return Outcome(back, decision, entry.source, "failed", "no longer at its destination")
+    if not same_content(entry.destination, entry.size, entry.sha256):
+        return Outcome(back, decision, entry.source, "skipped", "changed since it was sorted")
     if entry.source.exists():
         return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
     if dry_run:

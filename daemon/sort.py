@@ -49,6 +49,7 @@ class SortResult:
     already: int = 0
     seconds: float = 0.0
     repaired: int = 0
+    failed: int = 0  # operations that raised, and files that could not be read
 
 
 def run_sort(
@@ -91,6 +92,7 @@ def run_sort(
                     bar.update()
                     result.counts[summary_label(outcome)] += 1
                     result.decided += outcome.decision is not None
+                    result.failed += outcome.state in ("failed", "unreadable")
                     write_row(outcome)
                     if dry_run:
                         print(plan_line(outcome), file=out or sys.stdout)

@@ -32,11 +32,20 @@ def publish(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make a rename or unlink in ``folder`` durable (POSIX; a no-op elsewhere)."""
+    """Make a rename or unlink in ``folder`` durable (POSIX; a no-op elsewhere).
+
+    Best effort: some network and FUSE filesystems refuse to open or fsync a
+    folder, and the operation it follows has already happened.
+    """
     if os.name != "posix":
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)

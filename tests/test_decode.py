@@ -137,6 +137,13 @@ def test_a_dark_image_with_a_little_detail_is_not_blank(tmp_path: Path) -> None:
     assert _decoder()(path).status == "ok"
 
 
+def test_a_thin_line_on_a_plain_background_is_not_blank() -> None:
+    # a 64x64 thumbnail would average the line away; the rule looks at every pixel
+    img = Image.new("RGB", (1024, 1024), (255, 255, 255))
+    img.paste((0, 0, 0), (0, 500, 1024, 501))
+    assert not is_blank(img)
+
+
 def _write_zero(path: Path) -> None:
     path.write_bytes(b"")
 

@@ -467,6 +467,18 @@ def test_repair_full_copy_keeps_the_destination(journal: Journal, crash) -> None
     assert journal.get(entry_id).state == "done"
 
 
+def test_repair_keeps_a_new_file_that_took_the_old_name(journal: Journal, crash) -> None:
+    # the copy reached its destination; then the generator wrote a new file at the old name
+    src, dst, data = crash
+    entry_id = _intent(journal, src, dst)
+    shutil.copy2(src, dst)
+    src.write_bytes(b"a newer generation")
+    repair(journal)
+    assert dst.read_bytes() == data
+    assert src.read_bytes() == b"a newer generation"
+    assert journal.get(entry_id).state == "done"
+
+
 def test_repair_removes_an_empty_placeholder(journal: Journal, crash) -> None:
     src, dst, data = crash
     entry_id = _intent(journal, src, dst)
