@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TextIO
 
 from loguru import logger
 
@@ -297,9 +298,9 @@ def _add_config(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_run_config_check)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, sink: TextIO | None = None) -> Settings:
     settings = load_config(args.config)
-    setup_logging(settings.log)
+    setup_logging(settings.log, sink=sink)
     return settings
 
 
@@ -312,9 +313,8 @@ def _run_config_check(args: argparse.Namespace) -> int:
 def _run_sort(args: argparse.Namespace) -> int:
     from gensift.daemon.sort import format_summary, run_sort
 
-    settings = load_config(args.config)
     progress = not args.no_progress and sys.stderr.isatty()
-    setup_logging(settings.log, sink=tqdm_sink() if progress else None)
+    settings = _settings(args, sink=tqdm_sink() if progress else None)
     result = run_sort(
         settings,
         args.dirs,

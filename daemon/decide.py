@@ -44,8 +44,6 @@ class Policy:
     reject_classes: frozenset[str] = frozenset({"reject"})
     quality_threshold: float | None = None
     feature_threshold: float | None = None
-    has_quality: bool = False
-    has_feature: bool = False
 
 
 @dataclass(frozen=True)

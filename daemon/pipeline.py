@@ -79,8 +79,6 @@ def load_cascade(settings: Settings) -> Cascade:
         feature_threshold=None
         if feature is None
         else stage_threshold("feature", settings.stages.feature.threshold, feature.meta),
-        has_quality=quality is not None,
-        has_feature=feature is not None,
     )
     return Cascade(predictor, policy)
 
@@ -196,22 +194,5 @@ class Sifter:
 
 
 def _log_outcome(outcome: Outcome) -> None:
-    decision = outcome.decision
-    if decision is None:
-        return
-    where = f" -> {outcome.destination}" if outcome.destination is not None else ""
-    why = decision.reason if decision.label is None else f"{decision.reason} {decision.label}"
-    p = "" if decision.probability is None else f" p={decision.probability:.3f}"
-    note = f" ({outcome.note})" if outcome.note else ""
-    level = "ERROR" if outcome.state == "failed" else "INFO"
-    logger.log(
-        level,
-        "{}: {} [{}] {}{}{}{}",
-        outcome.file.path,
-        decision.action,
-        outcome.state,
-        why,
-        p,
-        where,
-        note,
-    )
+    if outcome.decision is not None:
+        logger.log("ERROR" if outcome.state == "failed" else "INFO", "{}", outcome.describe())

@@ -47,6 +47,17 @@ class Outcome:
     def action(self) -> str:
         return self.decision.action if self.decision is not None else "none"
 
+    def describe(self) -> str:
+        """One line saying what happened to the file and why (the log, the dry-run plan)."""
+        d = self.decision
+        if d is None:
+            return f"{self.file.path}: not decided ({self.state}: {self.note})"
+        why = d.reason if d.label is None else f"{d.reason} {d.label}"
+        p = "" if d.probability is None else f" p={d.probability:.3f}"
+        where = f" -> {self.destination}" if self.destination is not None else ""
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.file.path}: {d.action} [{self.state}] {why}{p}{where}{note}"
+
 
 class Router:
     """Carries out decisions under ``output.root``; one thread per instance."""

@@ -95,7 +95,7 @@ def run_sort(
                     result.failed += outcome.state in ("failed", "unreadable")
                     write_row(outcome)
                     if dry_run:
-                        print(plan_line(outcome), file=out or sys.stdout)
+                        print(outcome.describe(), file=out or sys.stdout)
         result.seconds = time.perf_counter() - started
     return result
 
@@ -128,16 +128,6 @@ def plan_row(outcome: Outcome) -> list[str]:
         json.dumps(probs["quality"]) if "quality" in probs else "",
         json.dumps(probs["feature"]) if "feature" in probs else "",
     ]
-
-
-def plan_line(outcome: Outcome) -> str:
-    d = outcome.decision
-    if d is None:
-        return f"{outcome.file.path}: not decided ({outcome.state}: {outcome.note})"
-    p = "" if d.probability is None else f" p={d.probability:.3f}"
-    why = d.reason if d.label is None else f"{d.reason} {d.label}"
-    target = f" -> {outcome.destination}" if outcome.destination is not None else ""
-    return f"{outcome.file.path}: {d.action}{target} ({why}{p})"
 
 
 def summary_label(outcome: Outcome) -> str:

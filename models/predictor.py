@@ -25,7 +25,7 @@ from gensift.models.checkpoint import CheckpointMeta, load_classifier
 from gensift.models.data import ImageDataset, Sample
 from gensift.models.device import autocast_dtype, resolve_device
 from gensift.models.errors import InputError
-from gensift.models.presets import STAGES, EvalPreset, Stage
+from gensift.models.presets import STAGES, EvalPreset, Normalization, Stage
 
 
 def channels_last(device: torch.device) -> bool:
@@ -94,7 +94,7 @@ def eval_loader(
 
 
 #: What an image must be turned into for a stage: (image size, normalisation).
-PresetKey = tuple[int, object]
+PresetKey = tuple[int, Normalization]
 #: Calibrated probabilities of one image: stage -> class -> probability.
 CascadeProbs = dict[Stage, dict[str, float]]
 

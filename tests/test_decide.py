@@ -32,8 +32,6 @@ FULL = Policy(
     uncertain_action="review",
     quality_threshold=0.8,
     feature_threshold=0.7,
-    has_quality=True,
-    has_feature=True,
 )
 
 
@@ -135,8 +133,7 @@ def test_a_none_threshold_never_acts() -> None:
     decision = decide(policy, _quality(1.0), _feature("red", 1.0))
     assert decision.action == "leave"
     assert decision.reason == "uncertain"
-    no_feature = replace(policy, has_feature=False)
-    decision = decide(no_feature, _quality(1.0), None)
+    decision = decide(policy, _quality(1.0), None)  # no feature stage
     assert decision.action == "leave"
     assert decision.reason == "uncertain"
     assert decision.label == "reject"
@@ -146,7 +143,7 @@ def test_a_none_threshold_never_acts() -> None:
 
 
 def test_no_feature_stage_keeps_an_image_quality_passed() -> None:
-    policy = replace(FULL, has_feature=False, feature_threshold=None)
+    policy = replace(FULL, feature_threshold=None)
     decision = decide(policy, _quality(0.1), None)
     assert decision.action == "leave"
     assert decision.reason == "keep"
@@ -159,7 +156,7 @@ def test_no_feature_stage_keeps_an_image_quality_passed() -> None:
 def test_no_feature_stage_and_a_reject_class_below_threshold_is_uncertain(
     uncertain: UncertainAction, folder: str | None
 ) -> None:
-    policy = replace(FULL, has_feature=False, feature_threshold=None, uncertain_action=uncertain)
+    policy = replace(FULL, feature_threshold=None, uncertain_action=uncertain)
     decision = decide(policy, _quality(0.6), None)
     assert decision.action == uncertain
     assert decision.reason == "uncertain"
@@ -169,7 +166,7 @@ def test_no_feature_stage_and_a_reject_class_below_threshold_is_uncertain(
 
 
 def test_without_a_quality_stage_the_feature_stage_decides_alone() -> None:
-    policy = replace(FULL, has_quality=False, quality_threshold=None)
+    policy = replace(FULL, quality_threshold=None)
     moved = decide(policy, None, _feature("blue", 0.9))
     assert (moved.action, moved.reason, moved.label, moved.folder) == (
         "move",
@@ -225,11 +222,9 @@ def test_nothing_is_moved_or_removed_below_its_threshold() -> None:
             uncertain_action=uncertain,
             quality_threshold=q_t,
             feature_threshold=f_t,
-            has_quality=stages != "feature",
-            has_feature=stages != "quality",
         )
-        quality = _quality(q_p) if policy.has_quality else None
-        feature = _feature("red", max(f_p, 1 / 3)) if policy.has_feature else None
+        quality = _quality(q_p) if stages != "feature" else None
+        feature = _feature("red", max(f_p, 1 / 3)) if stages != "quality" else None
         decision = decide(policy, quality, feature)
         checked += 1
         if decision.action in ("delete", "trash", "quarantine"):
@@ -269,7 +264,7 @@ def test_auto_on_an_unreached_target_never_acts() -> None:
     meta = _meta(thresholds={"threshold": 1.0, "reached": False})
     threshold = stage_threshold("quality", "auto", meta)
     assert threshold is None
-    policy = Policy(quality_threshold=threshold, has_quality=True)
+    policy = Policy(quality_threshold=threshold)
     assert decide(policy, _quality(1.0), None).action == "leave"
 
 
