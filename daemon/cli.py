@@ -110,9 +110,9 @@ def _add_undo(commands: argparse._SubParsersAction) -> None:
         help="move sorted files back where they came from",
         description="Using the journal, move files that gensift moved (to a class folder, "
         "_rejected/ or _review/) back to their original paths, newest first. Without --since, "
-        "undoes the last run that moved files. A file whose original path is taken again is "
-        "left where it is (nothing is overwritten). Trashed or deleted files are listed; "
-        "restore trashed ones from the recycle bin.",
+        "undoes the last run that moved files. A file whose original path is taken again, or "
+        "that changed since it was sorted, is left where it is (nothing is overwritten). "
+        "Trashed or deleted files are listed; restore trashed ones from the recycle bin.",
     )
     p.add_argument(
         "--since",
