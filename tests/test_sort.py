@@ -67,7 +67,7 @@ def test_sort_puts_every_file_in_exactly_one_place_by_the_rules(
 
     out = tmp_path / "out"
     final = check_ledger(originals, tmp_path / "journal.sqlite3", out)
-    policy = Policy("delete", "leave", frozenset({"reject"}), q_threshold, f_threshold, True, True)
+    policy = Policy("delete", "leave", frozenset({"reject"}), q_threshold, f_threshold)
     actions = {e.action for e in final.values()}
     assert {"move", "leave", "delete", "quarantine"} <= actions, actions
     for path, e in final.items():
