@@ -8,6 +8,7 @@ fault; tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gensift {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_watch(commands)
     _add_sort(commands)
     _add_undo(commands)
     _add_history(commands)
@@ -74,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_config(commands)
     return parser
+
+
+def _add_watch(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "watch",
+        help="run the daemon in the foreground (what the services run)",
+        description="Watch watch.paths and sift every new image once it is complete: the "
+        "quality -> feature cascade decides, the file is moved, quarantined or left, and the "
+        "journal records why. Files already there are handled by a start-up scan, and a "
+        "rescan every watch.rescan_seconds catches anything the observer missed. A replaced "
+        "checkpoint is loaded in the background and swapped in between batches. SIGTERM or "
+        "Ctrl+C finishes the batch in flight and exits 0 (a second Ctrl+C exits at once); "
+        "SIGHUP reloads the config and the checkpoints. Under systemd (Type=notify) it reports "
+        "READY after the start-up scan, STATUS, and watchdog pings.",
+    )
+    _add_config_option(p)
+    p.set_defaults(handler=_run_watch)
 
 
 def _add_sort(commands: argparse._SubParsersAction) -> None:
@@ -110,9 +129,11 @@ def _add_undo(commands: argparse._SubParsersAction) -> None:
         help="move sorted files back where they came from",
         description="Using the journal, move files that gensift moved (to a class folder, "
         "_rejected/ or _review/) back to their original paths, newest first. Without --since, "
-        "undoes the last run that moved files. A file whose original path is taken again, or "
-        "that changed since it was sorted, is left where it is (nothing is overwritten). "
-        "Trashed or deleted files are listed; restore trashed ones from the recycle bin.",
+        "undoes the last 'gensift sort' run (after the daemon, --since is required). Needs the "
+        "daemon stopped: one process at a time moves files under a journal. A file whose "
+        "original path is taken again, or that changed since it was sorted, is left where it "
+        "is (nothing is overwritten). Trashed or deleted files are listed; restore trashed "
+        "ones from the recycle bin.",
     )
     p.add_argument(
         "--since",
@@ -308,6 +329,20 @@ def _run_config_check(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     sys.stdout.write(render_settings(settings))
     return EXIT_OK
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    from gensift.daemon.service import Daemon
+
+    settings = _settings(args)
+    code = Daemon(settings, config_path=args.config).run()
+    # Everything that matters is closed (journal committed, lock released). Tearing down
+    # torch can take tens of seconds on a loaded machine, and a service manager waits for
+    # the process to end, so end it now.
+    logger.complete()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run_sort(args: argparse.Namespace) -> int:

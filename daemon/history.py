@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from gensift.daemon.config import Settings
 from gensift.daemon.journal import Entry, Journal
+from gensift.daemon.lock import JournalLock
 from gensift.daemon.router import Outcome, repair, restore
-from gensift.daemon.sort import new_run_id
+from gensift.daemon.sort import WATCH_RUN, new_run_id
 from gensift.models.errors import InputError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -47,8 +49,8 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
     if not dry_run and not path.exists():
         result.scope = f"{path} (no journal yet)"
         return result
-    journal = Journal.open_readonly(path) if dry_run else Journal.open(path)
-    with journal:
+    lock = nullcontext() if dry_run else JournalLock(path, "undo")
+    with lock, Journal.open_readonly(path) if dry_run else Journal.open(path) as journal:
         if not dry_run:
             repair(journal)
         if since is not None:
@@ -58,6 +60,12 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
             result.not_undoable = journal.finished(("trash", "delete"), since=start)
         else:
             run = journal.last_run()
+            if run is not None and run.startswith(f"{WATCH_RUN}-"):
+                raise InputError(
+                    f"the last files were moved by the daemon (run {run}), which may have "
+                    "been running for days: say how far back to undo with --since, for "
+                    "example 'gensift undo --since 1h --dry-run' to see the last hour"
+                )
             entries = [] if run is None else journal.finished(run=run)
             if run is not None:
                 result.not_undoable = journal.finished(("trash", "delete"), run=run)

@@ -163,13 +163,22 @@ class Sifter:
         if batch:
             yield from self.run_batch(batch)
 
+    def handle(self, items: Sequence[Decoded]) -> list[Outcome]:
+        """Decide and route files decoded elsewhere (the daemon's worker): rules, then batches."""
+        outcomes = [self.by_rule(item) for item in items if item.status != "ok"]
+        ready = [item for item in items if item.status == "ok"]
+        size = self.settings.inference.batch_size
+        for start in range(0, len(ready), size):
+            outcomes += self.run_batch(ready[start : start + size])
+        return outcomes
+
     def by_rule(self, item: Decoded) -> Outcome:
         """Corrupt and blank files are decided without a model; the rest wait for later."""
         if item.status in ("corrupt", "blank"):
             decision = rule_decision(self.cascade.policy, item.status, item.note)  # type: ignore[arg-type]
             return self._route(item, decision, {})
-        level = "ERROR" if item.status == "unreadable" else "WARNING"
-        logger.log(level, "{}: {}; left for a later run", item.file.path, item.note)
+        level = "ERROR" if item.status == "unreadable" else "INFO"
+        logger.log(level, "{}: {}; left for later", item.file.path, item.note)
         return Outcome(item.file, None, None, item.status, item.note)
 
     def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:

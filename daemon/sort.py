@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from gensift.daemon.config import Settings
 from gensift.daemon.journal import Journal
+from gensift.daemon.lock import JournalLock
 from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
 from gensift.daemon.router import Outcome, Router, repair
 
@@ -35,6 +36,10 @@ PLAN_COLUMNS = (
     "quality",
     "feature",
 )
+
+
+#: The run-id prefix of ``gensift watch``: one run per daemon start.
+WATCH_RUN = "watch"
 
 
 def new_run_id(kind: str) -> str:
@@ -71,8 +76,11 @@ def run_sort(
     )
     cascade = load_cascade(settings)
     logger.info("cascade: {}", cascade.predictor.describe())
-    journal = Journal.open_readonly(journal_path) if dry_run else Journal.open(journal_path)
-    with journal:
+    lock = nullcontext() if dry_run else JournalLock(journal_path, "sort")
+    with (
+        lock,
+        Journal.open_readonly(journal_path) if dry_run else Journal.open(journal_path) as journal,
+    ):
         if not dry_run:
             result.repaired = repair(journal)
         todo, result.already = undecided(paths, journal)

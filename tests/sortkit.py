@@ -70,20 +70,29 @@ def write_config(
     uncertain_action: str = "leave",
     on_conflict: str = "rename",
     batch_size: int = 4,
+    inbox: Path | None = None,
+    root: Path | None = None,
+    settle_seconds: float = 0.0,
+    rescan_seconds: float = 300.0,
+    idle_unload_seconds: float = 0.0,
 ) -> Path:
-    """A config for tests: settle_seconds 0, CPU, output and journal under ``folder``."""
+    """A config for tests: CPU, output (unless ``root``) and journal under ``folder``;
+    ``inbox`` is the folder ``gensift watch`` watches."""
     text = f"""
 [watch]
+paths = [{json.dumps(str(inbox or folder / "inbox"))}]
 patterns = ["*.png", "*.jpg"]
-settle_seconds = 0
+settle_seconds = {settle_seconds}
+rescan_seconds = {rescan_seconds}
 [output]
-root = {json.dumps(str(folder / "out"))}
+root = {json.dumps(str(root or folder / "out"))}
 reject_action = "{reject_action}"
 uncertain_action = "{uncertain_action}"
 on_conflict = "{on_conflict}"
 [inference]
 device = "cpu"
 batch_size = {batch_size}
+idle_unload_seconds = {idle_unload_seconds}
 [stages.quality]
 checkpoint = {json.dumps(str(quality or ""))}
 reject_classes = ["reject"]

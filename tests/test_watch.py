@@ -1,0 +1,210 @@
+"""``gensift watch`` in a thread of the test process: real observers, real journal, real files.
+
+The daemon-as-a-subprocess tests (signals, systemd, SIGKILL) are in test_watch_process.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from loguru import logger
+from sortkit import check_ledger, decisions, sha, write_config
+from watchkit import daemon_thread, drawn_files, recalibrated, wait_decided, wait_for
+
+from gensift.daemon.config import load_config
+from gensift.daemon.lock import JournalBusy, JournalLock
+from gensift.daemon.service import Daemon, tracking_capacity
+from gensift.daemon.sort import run_sort
+from gensift.models.checkpoint import read_checkpoint
+
+
+@pytest.fixture
+def models(tmp_path: Path, frozen_pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Copies of the session's checkpoints that a test may replace."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return (
+        Path(shutil.copy(frozen_pair[0], folder)),
+        Path(shutil.copy(frozen_pair[1], folder)),
+    )
+
+
+@pytest.fixture
+def log_lines() -> list[str]:
+    lines: list[str] = []
+    logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
+    return lines
+
+
+def test_replacing_the_feature_checkpoint_while_files_stream_in(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    quality, feature = models
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, quality, feature, quality_threshold=0.5,
+                          feature_threshold=0.4, settle_seconds=0.5)  # fmt: skip
+    staged = drawn_files(tmp_path / "staged", 45)
+    originals = {inbox / p.name: sha(p) for p in staged}
+    old_id = read_checkpoint(feature)[1].id
+    new_checkpoint = tmp_path / "recalibrated.safetensors"
+    new_id = recalibrated(feature, 1.5, new_checkpoint)
+    assert new_id != old_id
+
+    def stream(files: list[Path]) -> None:
+        for path in files:
+            shutil.copyfile(path, inbox / path.name)
+            time.sleep(0.05)
+
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config):
+        stream(staged[:15])
+        wait_decided(journal, 15)
+        writer = threading.Thread(target=stream, args=(staged[15:30],))
+        writer.start()
+        new_checkpoint.replace(feature)  # published atomically, as `gensift train` does
+        wait_for(lambda: any("now serving" in line for line in log_lines), what="the swap")
+        writer.join()
+        wait_decided(journal, 30)
+        feature.write_bytes(b"half a checkpoint")  # a broken copy, in place
+        wait_for(lambda: any("reload refused" in line for line in log_lines), what="refusal")
+        stream(staged[30:])
+        wait_decided(journal, 45)
+
+    final = check_ledger(originals, journal, tmp_path / "out")
+    assert len(final) == len(originals)
+    ids = [e.checkpoints.get("feature") for e in decisions(journal) if "feature" in e.checkpoints]
+    assert set(ids) == {old_id, new_id}
+    first_new = ids.index(new_id)
+    assert ids[:first_new] == [old_id] * first_new and set(ids[first_new:]) == {new_id}
+    refused = next(line for line in log_lines if "reload refused" in line)
+    assert str(feature) in refused and new_id in refused  # names the file and what still serves
+
+
+def test_two_thousand_files_at_once_are_each_decided_once_within_the_bounds(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, quality_threshold=0.5, feature_threshold=0.4,
+                          batch_size=8)  # fmt: skip
+    seeds = drawn_files(tmp_path / "seeds", 20)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    originals = {}
+    for i in range(2000):
+        name = f"burst_{i:04d}.png"
+        seed = seeds[i % len(seeds)]
+        # 1,500 arrive as one folder moved in (one event, more files than the daemon tracks
+        # at once); 500 are copied in one by one right after (an event each)
+        originals[(inbox / "folder" / name) if i < 1500 else (inbox / name)] = sha(seed)
+        if i < 1500:
+            shutil.copyfile(seed, folder / name)
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config) as daemon:
+        folder.rename(inbox / "folder")
+        for i in range(1500, 2000):
+            shutil.copyfile(seeds[i % len(seeds)], inbox / f"burst_{i:04d}.png")
+        wait_decided(journal, 2000, timeout=1800)
+        assert daemon.worker is not None
+        capacity = tracking_capacity(daemon.settings)
+        assert daemon.worker.inbox.maxsize < capacity
+    assert daemon.arrivals.peak == capacity  # the flood reached the bound and never passed it
+    assert any("catch-up scan" in line for line in log_lines)  # what was not tracked came later
+    check_ledger(originals, journal, tmp_path / "out")
+
+
+def test_a_file_the_observer_never_reported_is_found_by_the_periodic_rescan(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, rescan_seconds=1.0)
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config) as daemon:
+        assert daemon.watcher is not None and daemon.watcher.observer is not None
+        daemon.watcher.observer.unschedule_all()  # alive, but blind: the silent failure mode
+        drawn_files(inbox, 1)
+        rows = wait_decided(journal, 1)
+    assert rows[0].source.parent == inbox
+    assert any("rescan: 1 undecided file" in line for line in log_lines)
+
+
+def test_files_already_there_are_decided_by_the_start_up_scan_and_only_once(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    inbox = tmp_path / "inbox"
+    # near-uniform probabilities under high thresholds: every file is uncertain and stays
+    for checkpoint in models:
+        recalibrated(checkpoint, 1000.0, checkpoint)
+    config = write_config(tmp_path, *models, quality_threshold=0.9, feature_threshold=0.9)
+    drawn_files(inbox, 10)
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config):
+        wait_decided(journal, 10)
+    assert {e.action for e in decisions(journal)} == {"leave"}
+    with daemon_thread(config):  # a restart does not decide the files left in place again
+        drawn_files(inbox, 1, prefix="late", seed=5)
+        wait_decided(journal, 11)
+    sources = [e.source for e in decisions(journal)]
+    assert len(sources) == len(set(sources)) == 11
+
+
+def test_idle_models_are_unloaded_and_loaded_again_for_the_next_file(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, idle_unload_seconds=0.5)
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config) as daemon:
+        assert daemon.worker is not None
+        wait_for(lambda: not daemon.worker.loaded, what="the idle unload")  # type: ignore[union-attr]
+        drawn_files(inbox, 2)
+        wait_decided(journal, 2)
+    assert any("models loaded again" in line for line in log_lines)
+
+
+def test_sighup_applies_a_new_config_and_refuses_a_broken_one(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, uncertain_action="review")
+    journal = tmp_path / "journal.sqlite3"
+    new_root = tmp_path / "elsewhere"
+    with daemon_thread(config) as daemon:
+        drawn_files(inbox, 5, prefix="before")
+        wait_decided(journal, 5)
+        good = config.read_text()
+        config.write_text(good + "\n[bogus]\n")
+        daemon.request_reload()  # what the SIGHUP handler does
+        wait_for(lambda: any("keeping the running configuration" in x for x in log_lines))
+        config.write_text(good.replace(str(tmp_path / "out"), str(new_root)))
+        daemon.request_reload()
+        wait_for(lambda: any("now serving" in line for line in log_lines), what="the swap")
+        drawn_files(inbox, 5, prefix="after", seed=1)
+        rows = wait_decided(journal, 10)
+    # with uncertain_action = "review" every decision has a destination
+    for e in rows:
+        root = new_root if e.source.name.startswith("after") else tmp_path / "out"
+        assert e.destination is not None and e.destination.is_relative_to(root), e
+
+
+def test_one_process_at_a_time_moves_files_under_a_journal(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    config = write_config(tmp_path, *models)
+    settings = load_config(config)
+    drawn_files(tmp_path / "inbox", 2)
+    with JournalLock(settings.journal.path, "watch"), pytest.raises(JournalBusy) as err:
+        run_sort(settings, [tmp_path / "inbox"], progress=False)
+    assert "gensift watch" in str(err.value) and str(os.getpid()) in str(err.value)
+    with pytest.raises(JournalBusy), JournalLock(settings.journal.path, "sort"):
+        Daemon(settings).run()
+    assert run_sort(settings, [tmp_path / "inbox"], progress=False).decided == 2  # free again

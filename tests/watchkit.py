@@ -1,0 +1,138 @@
+"""Helpers for the ``gensift watch`` tests: bounded waits, the daemon in a thread, a stand-in
+for systemd's notify socket, and drawn images written the ways generators write them."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from conftest import draw
+from sortkit import decisions
+
+from gensift.daemon.config import load_config
+from gensift.daemon.journal import Entry
+from gensift.daemon.service import Daemon
+from gensift.models.checkpoint import read_checkpoint, save_checkpoint
+
+WAIT = 120.0  # seconds; generous for a loaded two-core machine, never a timing assertion
+
+KINDS = ("keep", "reject", "red", "blue", "stripes")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = WAIT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def final_rows(journal: Path) -> list[Entry]:
+    """Decision rows that ended a file's story (done or skipped), oldest first."""
+    if not journal.exists():
+        return []
+    return [e for e in decisions(journal) if e.state in ("done", "skipped")]
+
+
+def wait_decided(journal: Path, count: int, timeout: float = WAIT) -> list[Entry]:
+    rows: list[Entry] = []
+
+    def enough() -> bool:
+        nonlocal rows
+        rows = final_rows(journal)
+        return len(rows) >= count
+
+    wait_for(enough, timeout, f"{count} decisions in {journal}")
+    return rows
+
+
+def drawn_files(folder: Path, count: int, *, prefix: str = "img", seed: int = 0) -> list[Path]:
+    """``count`` drawn PNGs of every kind, written in place (the way ComfyUI writes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        kind = KINDS[i % len(KINDS)]
+        path = folder / f"{prefix}_{i:04d}_{kind}.png"
+        draw(kind, rng).save(path)
+        paths.append(path)
+    return paths
+
+
+def recalibrated(checkpoint: Path, factor: float, out: Path) -> str:
+    """A valid copy of ``checkpoint`` at ``out`` with its temperature times ``factor``
+    (a new checkpoint id; a large factor makes every probability close to uniform)."""
+    tensors, meta = read_checkpoint(checkpoint)
+    new = replace(meta, temperature=meta.temperature * factor, created="")
+    return save_checkpoint(out, tensors, new).id
+
+
+def write_renamed(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` the way the WebUI writes: a temporary name, then rename."""
+    temporary = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, temporary)
+    temporary.rename(target)
+    return target
+
+
+@contextlib.contextmanager
+def daemon_thread(config: Path) -> Iterator[Daemon]:
+    """``gensift watch`` in a thread of this process (signals are the subprocess tests' job)."""
+    daemon = Daemon(load_config(config), config_path=config)
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            codes.append(daemon.run())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=main, name="test-daemon")
+    thread.start()
+    try:
+        wait_for(lambda: daemon.ready.is_set() or not thread.is_alive(), what="READY")
+        assert not errors, errors
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+    assert not errors, errors
+    assert codes == [0]
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="test-notify")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append(data.decode())
+
+    def lines(self) -> list[str]:
+        return [line for message in list(self.messages) for line in message.splitlines()]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._socket.close()
