@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from loguru import logger
 
 from gensift.daemon.config import ConfigError, Settings, load_config
@@ -423,6 +424,8 @@ class Daemon:
         parts = ", ".join(f"{label} {n}" for label, n in sorted(counts.items())) or "nothing yet"
         rss = _peak_rss_mib()
         memory = f"; peak RSS {rss:.0f} MiB" if rss is not None else ""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            memory += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
         return (
             f"{self._status(worker)}; most files tracked at once {self.arrivals.peak} "
             f"(bound {self.arrivals.capacity}); outcomes: {parts}{memory}"
@@ -435,7 +438,7 @@ class Daemon:
         timeout, so a hang in either thread stops the pings and systemd restarts us.
         """
         interval = self.notifier.watchdog_interval
-        if interval is None:
+        if interval is None or not self.ready.is_set():  # systemd watches from READY on
             return
         now = time.monotonic()
         if now - self._last_ping < interval or now - self._loop_beat > 2 * interval:

@@ -26,12 +26,14 @@ from gensift.daemon.cli import main
 DEADLINE_SECONDS = 300
 
 
-def _rows(journal: Path) -> int:
+def count_rows(journal: Path, states: tuple[str, ...] = ()) -> int:
+    """Journal rows (in ``states``, if given), read without disturbing the writer."""
     if not journal.exists():
         return 0
+    where = f" WHERE state IN ({', '.join('?' * len(states))})" if states else ""
     try:
         with sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True) as db:
-            return db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            return db.execute(f"SELECT count(*) FROM decisions{where}", states).fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -50,7 +52,7 @@ def _child(config: Path, inbox: Path) -> int:
 
 def run(config: Path, inbox: Path, journal: Path, kill_points: list[int]) -> None:
     for k in [*kill_points, None]:
-        start = _rows(journal)
+        start = count_rows(journal)
         pid = _child(config, inbox)
         deadline = time.monotonic() + DEADLINE_SECONDS
         while True:
@@ -58,10 +60,10 @@ def run(config: Path, inbox: Path, journal: Path, kill_points: list[int]) -> Non
             if done:
                 result = {"k": k, "killed": False, "exit": os.waitstatus_to_exitcode(status)}
                 break
-            if k is not None and _rows(journal) >= start + k:
+            if k is not None and count_rows(journal) >= start + k:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                result = {"k": k, "killed": True, "rows": _rows(journal) - start}
+                result = {"k": k, "killed": True, "rows": count_rows(journal) - start}
                 break
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)

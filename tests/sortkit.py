@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -150,3 +152,16 @@ def check_ledger(
         extra = on_disk - placed - preexisting
         assert not extra, f"unaccounted files under the output root: {sorted(extra)}"
     return final
+
+
+def run_harness(script: Path, *args: object, timeout: float = 1800) -> list[dict]:
+    """Run a kill-and-restart harness script; its JSON lines, after checking it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]

@@ -16,7 +16,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     return commands.choices[name]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "sort", "undo", "history"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "watch", "sort", "undo", "history"])
 def test_every_option_is_explained(command: str) -> None:
     parser = _subparser(command)
     for action in parser._actions:
@@ -67,3 +67,38 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         main(["train", "sideways", "--data", "x"])
     assert info.value.code == 2
+
+
+def _watch_config(tmp_path: Path, watched: Path, checkpoint: str = "") -> Path:
+    config = tmp_path / "watch.toml"
+    config.write_text(
+        f"""[watch]
+paths = ["{watched}"]
+[output]
+root = "{tmp_path / "out"}"
+[journal]
+path = "{tmp_path / "journal.sqlite3"}"
+[stages.quality]
+checkpoint = "{checkpoint}"
+[stages.feature]
+checkpoint = ""
+"""
+    )
+    return config
+
+
+def test_watch_refuses_a_watched_folder_inside_the_output_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["watch", "-c", str(_watch_config(tmp_path, tmp_path / "out" / "in"))]) == 2
+    err = capsys.readouterr().err
+    assert "watch.paths" in err and "inside output.root" in err
+
+
+def test_watch_with_a_missing_checkpoint_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _watch_config(tmp_path, tmp_path / "in", str(tmp_path / "gone.safetensors"))
+    assert main(["watch", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "stages.quality.checkpoint" in err and "gone.safetensors" in err

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from sortkit import check_ledger, decisions, fill_inbox, write_config
+from sortkit import check_ledger, decisions, fill_inbox, run_harness, write_config
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 
@@ -25,15 +23,7 @@ def test_sort_killed_part_way_then_run_again_accounts_for_every_file(
     )
     journal = tmp_path / "journal.sqlite3"
     kill_points = ["1", "4", "9", "15", "22"]
-    proc = subprocess.run(
-        [sys.executable, str(HARNESS), str(config), str(inbox), str(journal), *kill_points],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = [json.loads(line) for line in proc.stdout.splitlines()]
+    runs = run_harness(HARNESS, config, inbox, journal, *kill_points, timeout=900)
     assert len(runs) == len(kill_points) + 1
     assert sum(r["killed"] for r in runs) >= 3, runs  # the kills really landed mid-run
     assert runs[-1] == {"k": None, "killed": False, "exit": 0}
