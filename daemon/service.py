@@ -229,7 +229,19 @@ class Daemon:
         reloader = Reloader(settings, worker)
         worker.start()
         self.watcher = self._new_watcher(settings)
-        self.watcher.start()
+        code = 1  # unless the loop ends normally
+        try:
+            self.watcher.start()
+            self._start_up(journal, cascade, repaired)
+            code = self._loop(journal, worker, reloader)
+        finally:
+            code = self._shutdown(worker, reloader, code)
+        return code
+
+    def _start_up(self, journal: Journal, cascade: Cascade, repaired: int) -> None:
+        """The start-up scan, the start-up line, and READY."""
+        settings = self.settings
+        assert self.watcher is not None
         found = self._scan(journal, settings.watch.paths)
         logger.info(
             "watching {} ({} observer{}, settle {} s, rescan every {}) -> {}; {}; journal {}{}; "
@@ -247,8 +259,6 @@ class Daemon:
         )
         self.notifier.ready(f"start-up scan found {found} undecided file(s); watching")
         self.ready.set()
-        code = self._loop(journal, worker, reloader)
-        return self._shutdown(worker, reloader, code)
 
     def _loop(self, journal: Journal, worker: Worker, reloader: Reloader) -> int:
         settings = self.settings
@@ -270,7 +280,7 @@ class Daemon:
                 self._scan(journal, [folder])
             if self.arrivals.take_missed():
                 self._catch_up = True
-            if self._catch_up and worker.inbox.empty() and self._has_room():
+            if self._catch_up and self._has_room():
                 self._catch_up = False
                 found = self._scan(journal, settings.watch.paths)
                 logger.info("catch-up scan: {} file(s) that were not tracked in the flood", found)
