@@ -13,7 +13,9 @@ take are claimed in memory so the plan shows the same renames.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ntpath
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -176,9 +178,37 @@ def _changed_since_read(file: FileInfo) -> bool:
 
 
 def _send_to_trash(path: Path) -> None:
+    if not trash_keeps_files(path):
+        raise OSError(f"the drive of {path} has no recycle bin (network or removable drive)")
     from send2trash import send2trash
 
     send2trash(path)
+
+
+#: ``GetDriveTypeW``'s answer for a local fixed disk, the only kind with a recycle bin.
+DRIVE_FIXED = 3
+
+
+def trash_keeps_files(
+    path: Path, *, platform: str = sys.platform, drive_type: Callable[[str], int] | None = None
+) -> bool:
+    """Whether the recycle bin really keeps a file at ``path``.
+
+    On Windows only local fixed disks have one: on a network share or a USB stick
+    send2trash deletes the file permanently without an error (send2trash #2, #94).
+    Elsewhere send2trash follows the freedesktop trash spec or macOS's Finder.
+    """
+    if platform != "win32":
+        return True
+    drive = ntpath.splitdrive(str(path))[0]  # "C:" or "\\\\server\\share"
+    query = drive_type or _windows_drive_type
+    return query(drive.rstrip("\\") + "\\") == DRIVE_FIXED
+
+
+def _windows_drive_type(root: str) -> int:
+    import ctypes
+
+    return int(ctypes.windll.kernel32.GetDriveTypeW(root))  # type: ignore[attr-defined]
 
 
 def repair(journal: Journal) -> int:

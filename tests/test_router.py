@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ntpath
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ import send2trash
 import send2trash.exceptions
 from conftest import draw
 
+from gensift.daemon import router as router_module
 from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
@@ -32,7 +34,7 @@ from gensift.daemon.fileops import (
     transfer,
 )
 from gensift.daemon.journal import Journal
-from gensift.daemon.router import Router, repair, restore
+from gensift.daemon.router import Router, repair, restore, trash_keeps_files
 from gensift.models.fsutil import TEMP_PREFIX
 
 RUN = "run-1"
@@ -652,3 +654,38 @@ def test_a_source_that_cannot_be_removed_stays_the_only_copy(
         transfer(src, dst, "7", copy=copy)
     assert src.read_bytes() == b"png bytes" * 100
     assert list(dst.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "keeps"),
+    [
+        ("C:\\Users\\me\\out\\a.png", 3, True),  # a local disk
+        ("\\\\nas\\share\\a.png", 4, False),  # a network share
+        ("E:\\a.png", 2, False),  # a USB stick
+    ],
+)
+def test_on_windows_only_fixed_disks_count_as_having_a_recycle_bin(
+    path: str, kind: int, keeps: bool
+) -> None:
+    asked: list[str] = []
+
+    def drive_type(root: str) -> int:
+        asked.append(root)
+        return kind
+
+    assert trash_keeps_files(Path(path), platform="win32", drive_type=drive_type) is keeps
+    assert asked == [ntpath.splitdrive(path)[0] + "\\"]
+    assert trash_keeps_files(Path("/home/me/a.png"), platform="linux") is True
+
+
+def test_trash_where_it_would_delete_for_good_quarantines_instead(
+    journal: Journal, src_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router_module, "trash_keeps_files", lambda path: False)
+    src = _image(src_dir / "on-a-share.png")
+    decision = Decision("trash", "reject", "reject", 0.97)
+    outcome = _router(journal, out, reject_action="trash").apply(_info(src), decision, CHECKPOINTS)
+    assert outcome.state == "done" and outcome.decision is not None
+    assert outcome.decision.action == "quarantine" and "no recycle bin" in outcome.note
+    assert outcome.destination == out / "_rejected" / "on-a-share.png"
+    assert outcome.destination.exists() and not src.exists()
