@@ -68,6 +68,12 @@ def exclusions(settings: Settings) -> list[Path]:
     return excluded
 
 
+def watched_roots(settings: Settings) -> list[Path]:
+    """The watched folders with symlinks resolved: an observer scheduled on a symlink sees
+    nothing inside it, and events and scans must name each file the same way."""
+    return [path.resolve() for path in settings.watch.paths]
+
+
 def check_layout(settings: Settings) -> None:
     """Refuse a watched folder inside the output root: gensift would sift its own output."""
     root = settings.output.root.resolve()
@@ -242,7 +248,7 @@ class Daemon:
         """The start-up scan, the start-up line, and READY."""
         settings = self.settings
         assert self.watcher is not None
-        found = self._scan(journal, settings.watch.paths)
+        found = self._scan(journal, watched_roots(settings))
         logger.info(
             "watching {} ({} observer{}, settle {} s, rescan every {}) -> {}; {}; journal {}{}; "
             "run {}",
@@ -282,16 +288,16 @@ class Daemon:
                 self._catch_up = True
             if self._catch_up and self._has_room():
                 self._catch_up = False
-                found = self._scan(journal, settings.watch.paths)
+                found = self._scan(journal, watched_roots(settings))
                 logger.info("catch-up scan: {} file(s) that were not tracked in the flood", found)
             if settings.watch.rescan_seconds and now >= next_rescan:
                 next_rescan = now + settings.watch.rescan_seconds
-                found = self._scan(journal, settings.watch.paths)
+                found = self._scan(journal, watched_roots(settings))
                 if found:
                     logger.info("rescan: {} undecided file(s) that were not tracked yet", found)
             assert self.watcher is not None
             if self.watcher.check():
-                self._scan(journal, settings.watch.paths)
+                self._scan(journal, watched_roots(settings))
             if now >= next_checkpoint_poll:
                 next_checkpoint_poll = now + CHECKPOINT_POLL_SECONDS
                 reloader.poll()
@@ -387,7 +393,7 @@ class Daemon:
         accept = Filter(settings.watch.patterns, exclusions(settings))
         handler = _Handler(accept, self.arrivals, self._folder_appeared)
         return Watcher(
-            settings.watch.paths,
+            watched_roots(settings),
             recursive=settings.watch.recursive,
             polling=settings.watch.polling,
             handler=handler,

@@ -135,6 +135,20 @@ def test_a_file_the_observer_never_reported_is_found_by_the_periodic_rescan(
     assert any("rescan: 1 undecided file" in line for line in log_lines)
 
 
+def test_a_watched_folder_reached_through_a_symlink_is_watched(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    real = tmp_path / "generations"
+    real.mkdir()
+    (tmp_path / "inbox").symlink_to(real)  # the config names the link; rescans are 5 min off
+    config = write_config(tmp_path, *models)
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config):
+        drawn_files(tmp_path / "inbox", 2)
+        rows = wait_decided(journal, 2)
+    assert {e.source.parent for e in rows} == {real}  # events and scans name files alike
+
+
 def test_files_already_there_are_decided_by_the_start_up_scan_and_only_once(
     tmp_path: Path, models: tuple[Path, Path]
 ) -> None:

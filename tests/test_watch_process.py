@@ -72,6 +72,7 @@ def test_the_daemon_end_to_end_under_a_stand_in_for_systemd(
     journal = tmp_path / "journal.sqlite3"
     log = tmp_path / "watch.log"
     pre = drawn_files(inbox, 5, prefix="pre")
+    originals = {p: sha(p) for p in pre}  # before the daemon moves them
     staged = drawn_files(tmp_path / "staged", 64, prefix="burst", seed=1)
     big = drawn_files(tmp_path / "big", 1, prefix="slow", seed=2)[0].read_bytes()
     notify = NotifySocket(tmp_path / "notify.sock")
@@ -118,7 +119,6 @@ def test_the_daemon_end_to_end_under_a_stand_in_for_systemd(
     finally:
         code, _ = stop(proc)
     assert code == 0, log.read_text()[-3000:]
-    originals = {inbox / p.name: sha(p) for p in pre}
     originals |= {inbox / p.name: sha(p) for p in staged[3:]}
     originals |= {inbox / "renamed.png": sha(staged[0]), inbox / "slow.png": sha_bytes(big)}
     originals[inbox / "day2" / "nested.png"] = sha(staged[1])
