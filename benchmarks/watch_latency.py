@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--image-size", type=int, default=224, help="network input side")
     parser.add_argument("--size", type=int, default=512, help="generated image side")
+    parser.add_argument("--images", type=int, default=40, help="distinct images to draw")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     parser.add_argument("--scenario", choices=["finetuned", "frozen"], default="finetuned")
     parser.add_argument("--rate", type=float, default=5.0, help="images per second")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     for leftover in work.glob("journal.sqlite3*"):
         leftover.unlink()
     (work / "inbox").mkdir()
-    images = write_images(work / "images", 40, args.size, args.seed)
+    images = write_images(work / "images", args.images, args.size, args.seed)
     ckpt_args = argparse.Namespace(arch=args.arch, image_size=args.image_size, seed=args.seed)
     checkpoints = write_checkpoints(work / "models", args.scenario, ckpt_args)
     print(f"work folder: {work}", flush=True)
