@@ -172,7 +172,10 @@ def steady_latency(daemon_dir: Path, images: list[Path], args: argparse.Namespac
     )
     if not latencies:
         raise SystemExit("no file was routed during the steady run")
-    quantiles = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    if len(latencies) > 1:
+        quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
+    else:
+        quantiles = latencies * 19
     return {
         "files": count,
         "routed": len(latencies),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ntpath
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,16 +73,26 @@ class Router:
         *,
         dry_run: bool = False,
         force_copy: bool = False,
+        guard: AbstractContextManager[object] | None = None,
     ) -> None:
         self.output = output
         self.journal = journal
         self.run = run
         self.dry_run = dry_run
         self.force_copy = force_copy
+        self.guard = guard or nullcontext()
         self._claimed: set[Path] = set()
 
     def apply(self, file: FileInfo, decision: Decision, checkpoints: Mapping[str, str]) -> Outcome:
-        """Carry out ``decision`` for ``file`` (or plan it, in a dry run)."""
+        """Carry out ``decision`` for ``file`` (or plan it, in a dry run), holding ``guard``.
+
+        The daemon passes a lock as ``guard``: while it holds that lock itself, no file
+        operation is half done, so it can exit at once.
+        """
+        with self.guard:
+            return self._apply(file, decision, checkpoints)
+
+    def _apply(self, file: FileInfo, decision: Decision, checkpoints: Mapping[str, str]) -> Outcome:
         if not self.dry_run and _changed_since_read(file):
             return Outcome(file, decision, None, "stale", "changed since it was read; later")
         folder = decision.folder
@@ -150,7 +161,7 @@ class Router:
             logger.warning("{}", note)
             self.journal.finish(entry_id, "abandoned", note)
             fallback = replace(decision, action="quarantine", note=note)
-            return self.apply(file, fallback, checkpoints)
+            return self._apply(file, fallback, checkpoints)
         self.journal.finish(entry_id, "done")
         return Outcome(file, decision, None, "done", decision.note, checkpoints)
 

@@ -49,13 +49,15 @@ STOP_GRACE_SECONDS = 8.0
 TRACKED_PER_BATCH_IMAGE = 64
 MIN_TRACKED = 1024
 #: Seconds between checks of the checkpoint files, and how long one must be quiet.
-CHECKPOINT_POLL_SECONDS = 1.0
+CHECKPOINT_POLL_SECONDS = 2.0
 CHECKPOINT_SETTLE_SECONDS = 1.0
 #: Seconds between stats lines in the log, and the least between STATUS updates.
 STATS_SECONDS = 300.0
 STATUS_SECONDS = 2.0
-#: The service loop's longest sleep.
-TICK_SECONDS = 1.0
+#: The service loop's longest sleep (events and stop requests wake it at once).
+TICK_SECONDS = 2.0
+#: The worker's longest wait for work when no watchdog needs its heartbeat.
+WORKER_TICK_SECONDS = 5.0
 
 
 def exclusions(settings: Settings) -> list[Path]:
@@ -229,7 +231,7 @@ class Daemon:
             cascade,
             self.arrivals,
             self.run_id,
-            tick=min(TICK_SECONDS, interval / 2) if interval else TICK_SECONDS,
+            tick=min(WORKER_TICK_SECONDS, interval / 2) if interval else WORKER_TICK_SECONDS,
             heartbeat=self._heartbeat,
         )
         reloader = Reloader(settings, worker)
@@ -321,10 +323,18 @@ class Daemon:
         self.notifier.stopping("stopping: finishing the batch in flight")
         assert self.watcher is not None
         self.watcher.stop()
-        if not worker.stop(STOP_GRACE_SECONDS):
+        stopped = worker.stop(STOP_GRACE_SECONDS)
+        if stopped == "abandoned":
+            logger.warning(
+                "the batch in flight was still in the model after {:.0f} s; abandoned it "
+                "between two file operations (its files are untouched and are decided at the "
+                "next start)",
+                STOP_GRACE_SECONDS,
+            )
+        elif stopped == "stuck":
             logger.error(
-                "the batch in flight did not finish within {:.0f} s; exiting anyway (the next "
-                "start repairs any half-done operation)",
+                "a file operation did not finish within {:.0f} s; exiting anyway (the next "
+                "start repairs it from the journal)",
                 STOP_GRACE_SECONDS,
             )
             code = 1

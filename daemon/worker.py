@@ -17,6 +17,7 @@ next start's scan finds them.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import queue
 import threading
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from loguru import logger
@@ -43,6 +45,10 @@ from gensift.models.errors import InputError, RuntimeProblem
 INBOX_BATCHES = 4
 #: After a failed model load, files are left to the rescans for this long before trying again.
 LOAD_RETRY_SECONDS = 30.0
+#: How long a stop waits for a file operation in progress once the grace time is over.
+FILE_OPERATION_SECONDS = 1.5
+#: Put in the inbox to wake a worker that waits for work (to stop).
+_WAKE = Path()
 #: Outcomes after which the worker tries a file again once it has settled.
 RETRY_STATES = frozenset({"unsettled", "stale"})
 
@@ -84,6 +90,7 @@ class Worker:
         self._offer: Offer | None = None
         self._offer_lock = threading.Lock()
         self._stop = threading.Event()
+        self._files = threading.Lock()  # held by the router during each file operation
         self._load_retry_at = 0.0
         self._thread = threading.Thread(target=self._main, name="gensift-worker", daemon=True)
         self.failure: BaseException | None = None
@@ -122,11 +129,21 @@ class Worker:
         with self._offer_lock:
             self._offer = Offer(settings, cascade)
 
-    def stop(self, grace: float) -> bool:
-        """Finish the batch in flight and stop; False if it took longer than ``grace`` s."""
+    def stop(self, grace: float) -> Literal["stopped", "abandoned", "stuck"]:
+        """Finish the batch in flight and stop.
+
+        ``stopped``: done within ``grace`` seconds. ``abandoned``: the batch was still in the
+        model; the caller now holds the file-operation lock, so no file operation is half
+        done or will start, and the process may exit (those files are untouched).
+        ``stuck``: a file operation did not finish either.
+        """
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # wake the thread if it waits for work
+            self.inbox.put_nowait(_WAKE)
         self._thread.join(timeout=grace)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return "stopped"
+        return "abandoned" if self._files.acquire(timeout=FILE_OPERATION_SECONDS) else "stuck"
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -172,22 +189,27 @@ class Worker:
             first = self.inbox.get(timeout=self.tick) if wait else self.inbox.get_nowait()
         except queue.Empty:
             return []
+        if first is _WAKE:
+            return []
         paths = [first]
         inference = self.settings.inference
         deadline = time.monotonic() + inference.max_wait_ms / 1000
         while len(paths) < inference.batch_size:
             left = deadline - time.monotonic()
             try:
-                paths.append(
-                    self.inbox.get(timeout=left) if wait and left > 0 else self.inbox.get_nowait()
-                )
+                waiting = wait and left > 0
+                path = self.inbox.get(timeout=left) if waiting else self.inbox.get_nowait()
             except queue.Empty:
                 break
+            if path is _WAKE:
+                break
+            paths.append(path)
         return paths
 
     def _process(
         self, journal: Journal, sifter: Sifter, batch: list[tuple[Path, Future[Decoded]]]
     ) -> None:
+        started = time.perf_counter()
         items = []
         for path, future in batch:
             item = future.result()
@@ -195,6 +217,7 @@ class Worker:
                 self.arrivals.done(path)  # a rescan raced with the decision: nothing to do
             else:
                 items.append(item)
+        decoded = time.perf_counter()
         try:
             outcomes = sifter.handle(items)
         except Exception:  # noqa: BLE001 - one bad batch must not stop the daemon
@@ -209,6 +232,12 @@ class Worker:
         for outcome in outcomes:
             self._account(outcome)
         self.last_work = time.monotonic()
+        logger.debug(
+            "worker: batch of {} in {:.0f} ms (waiting for decoding {:.0f} ms)",
+            len(batch),
+            (time.perf_counter() - started) * 1000,
+            (decoded - started) * 1000,
+        )
 
     def _account(self, outcome: Outcome) -> None:
         path = outcome.file.path
@@ -222,7 +251,7 @@ class Worker:
 
     def _sifter(self, journal: Journal) -> Sifter:
         assert self._cascade is not None
-        router = Router(self.settings.output, journal, self.run)
+        router = Router(self.settings.output, journal, self.run, guard=self._files)
         return Sifter(self.settings, self._cascade, router)
 
     def _swap(self, journal: Journal) -> Sifter:
