@@ -9,6 +9,7 @@ rest through the cascade, decides, and hands each decision to the router.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -94,24 +95,48 @@ def wanted(path: Path, patterns: Sequence[str]) -> bool:
 def discover(
     roots: Iterable[Path], patterns: Sequence[str], *, recursive: bool, exclude: Sequence[Path]
 ) -> list[Path]:
-    """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``."""
+    """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``.
+
+    Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole, so a
+    file costs no system call of its own: the daemon rescans with this every few minutes.
+    """
     excluded = [e.resolve() for e in exclude]
     found: set[Path] = set()
     for root in roots:
         if root.is_file():
-            candidates: Iterable[Path] = [root]
+            if not root.is_symlink() and wanted(root, patterns) and not _under(root, excluded):
+                found.add(root.absolute())
         elif root.is_dir():
-            candidates = root.rglob("*") if recursive else root.iterdir()
+            found.update(_files_under(root.absolute(), patterns, recursive, excluded))
         else:
             raise InputError(f"{root}: no such file or folder")
-        for path in candidates:
-            if path.is_symlink() or not path.is_file() or not wanted(path, patterns):
-                continue
-            resolved = path.resolve()
-            if any(resolved.is_relative_to(e) for e in excluded):
-                continue
-            found.add(path.absolute())
     return sorted(found)
+
+
+def _files_under(
+    root: Path, patterns: Sequence[str], recursive: bool, excluded: Sequence[Path]
+) -> Iterator[Path]:
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        if _under(folder, excluded):
+            continue
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            logger.warning("{}: cannot list this folder ({}); skipped", folder, exc.strerror)
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    folders.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and wanted(Path(entry.name), patterns):
+                yield Path(entry.path)
+
+
+def _under(path: Path, excluded: Sequence[Path]) -> bool:
+    real = path.resolve()
+    return any(real.is_relative_to(e) for e in excluded)
 
 
 def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]:

@@ -38,7 +38,7 @@ from gensift.daemon.notify import SystemdNotifier
 from gensift.daemon.pipeline import Cascade, discover, load_cascade
 from gensift.daemon.router import repair
 from gensift.daemon.sort import WATCH_RUN, new_run_id
-from gensift.daemon.watcher import Arrivals, Filter, Watcher, _Handler
+from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
 from gensift.daemon.worker import Worker
 from gensift.models.errors import InputError, RuntimeProblem
 from gensift.models.presets import STAGES
@@ -401,7 +401,7 @@ class Daemon:
 
     def _new_watcher(self, settings: Settings) -> Watcher:
         accept = Filter(settings.watch.patterns, exclusions(settings))
-        handler = _Handler(accept, self.arrivals, self._folder_appeared)
+        handler = EventHandler(accept, self.arrivals, self._folder_appeared)
         return Watcher(
             watched_roots(settings),
             recursive=settings.watch.recursive,

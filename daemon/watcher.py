@@ -216,7 +216,7 @@ def _real(path: Path) -> Path:
         return path.absolute()
 
 
-class _Handler(FileSystemEventHandler):
+class EventHandler(FileSystemEventHandler):
     """Turns observer events into :class:`Arrivals` notes; runs on the observer's thread."""
 
     def __init__(

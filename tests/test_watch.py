@@ -86,6 +86,7 @@ def test_replacing_the_feature_checkpoint_while_files_stream_in(
     assert str(feature) in refused and new_id in refused  # names the file and what still serves
 
 
+@pytest.mark.timeout(1800)  # a few minutes on two cores; a slow machine gets the time it needs
 def test_two_thousand_files_at_once_are_each_decided_once_within_the_bounds(
     tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gensift.daemon.watcher import Arrivals, Filter, Watcher, _Handler
+from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
 
 WAIT = 20.0  # seconds a test waits for something that should happen well within
 
@@ -145,7 +145,7 @@ class Observed:
         self.arrivals = Arrivals(settle_seconds=1.0, capacity=100)
         self.folders: list[Path] = []
         accept = Filter(["*.png", "*.jpg"], [out])
-        handler = _Handler(accept, self.arrivals, self.folders.append)
+        handler = EventHandler(accept, self.arrivals, self.folders.append)
         self.watcher = Watcher([inbox], recursive=True, polling=polling, handler=handler)
 
     def collect(self, expected: int, timeout: float = WAIT) -> list[Path]:
