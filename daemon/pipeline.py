@@ -100,11 +100,11 @@ def discover(
     Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole, so a
     file costs no system call of its own: the daemon rescans with this every few minutes.
     """
-    excluded = [e.resolve() for e in exclude]
+    excluded = [real_path(e) for e in exclude]
     found: set[Path] = set()
     for root in roots:
         if root.is_file():
-            if not root.is_symlink() and wanted(root, patterns) and not _under(root, excluded):
+            if not root.is_symlink() and wanted(root, patterns) and not is_excluded(root, excluded):
                 found.add(root.absolute())
         elif root.is_dir():
             found.update(_files_under(root.absolute(), patterns, recursive, excluded))
@@ -119,7 +119,7 @@ def _files_under(
     folders = [root]
     while folders:
         folder = folders.pop()
-        if _under(folder, excluded):
+        if is_excluded(folder, excluded):
             continue
         try:
             entries = list(os.scandir(folder))
@@ -134,8 +134,17 @@ def _files_under(
                 yield Path(entry.path)
 
 
-def _under(path: Path, excluded: Sequence[Path]) -> bool:
-    real = path.resolve()
+def real_path(path: Path) -> Path:
+    """``path`` with symlinks resolved (made absolute as spelled if that fails)."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
+def is_excluded(path: Path, excluded: Sequence[Path]) -> bool:
+    """Whether ``path`` is one of the ``excluded`` folders (real paths) or inside one."""
+    real = real_path(path)
     return any(real.is_relative_to(e) for e in excluded)
 
 

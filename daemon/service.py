@@ -79,8 +79,8 @@ def watched_roots(settings: Settings) -> list[Path]:
 def check_layout(settings: Settings) -> None:
     """Refuse a watched folder inside the output root: gensift would sift its own output."""
     root = settings.output.root.resolve()
-    for path in settings.watch.paths:
-        if path.resolve() == root or path.resolve().is_relative_to(root):
+    for path, real in zip(settings.watch.paths, watched_roots(settings), strict=True):
+        if real.is_relative_to(root):
             raise InputError(
                 f"watch.paths: {path} is inside output.root ({settings.output.root}); files "
                 f"gensift routes there would be watched again. Watch a folder outside the "

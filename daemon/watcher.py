@@ -43,7 +43,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from gensift.daemon.pipeline import wanted
+from gensift.daemon.pipeline import is_excluded, real_path, wanted
 
 #: The events that can mean "a file appeared or changed"; the rest are not delivered.
 EVENTS: list[type[FileSystemEvent]] = [
@@ -199,21 +199,13 @@ class Filter:
 
     def __init__(self, patterns: Sequence[str], exclude: Iterable[Path]) -> None:
         self.patterns = list(patterns)
-        self.exclude = [_real(p) for p in exclude]
+        self.exclude = [real_path(p) for p in exclude]
 
     def excluded(self, path: Path) -> bool:
-        real = _real(path)
-        return any(real == e or real.is_relative_to(e) for e in self.exclude)
+        return is_excluded(path, self.exclude)
 
     def __call__(self, path: Path) -> bool:
         return wanted(path, self.patterns) and not self.excluded(path.parent)
-
-
-def _real(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
 
 
 class EventHandler(FileSystemEventHandler):

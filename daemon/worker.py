@@ -93,7 +93,6 @@ class Worker:
         self._files = threading.Lock()  # held by the router during each file operation
         self._load_retry_at = 0.0
         self._thread = threading.Thread(target=self._main, name="gensift-worker", daemon=True)
-        self.failure: BaseException | None = None
 
     # -- called from the service thread ----------------------------------------------------
 
@@ -152,7 +151,6 @@ class Worker:
             with Journal.open(self.settings.journal.path) as journal:
                 self._serve(journal)
         except BaseException as exc:  # noqa: BLE001 - the service notices and exits 1
-            self.failure = exc
             logger.opt(exception=exc).critical("worker: stopped by an unexpected error")
 
     def _serve(self, journal: Journal) -> None:

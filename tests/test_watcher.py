@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +13,6 @@ import pytest
 from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
 
 WAIT = 20.0  # seconds a test waits for something that should happen well within
-
-
-def wait_for(condition: Callable[[], object], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
-        time.sleep(0.02)
 
 
 class Clock:
