@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_config(commands)
+    _add_service(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -319,6 +321,68 @@ def _add_config(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_run_config_check)
 
 
+def _add_service(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "service",
+        help="install gensift as a service (systemd on Linux, a Windows service on Windows)",
+        description="Install, remove, start or stop the service that runs `gensift watch -c "
+        "CONFIG` for good: a systemd unit on Linux (see systemd/README.md), a Windows service "
+        "on Windows (see docs/windows.md). The config is checked first.",
+    )
+    sub = p.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("install", "write the unit (or register the service), enable and start it"),
+        ("uninstall", "stop, disable and remove the service"),
+        ("start", "start the installed service"),
+        ("stop", "stop the installed service (it finishes the batch in flight)"),
+    ):
+        action = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        scope = action.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--user",
+            dest="scope",
+            action="store_const",
+            const="user",
+            help="Linux: a systemd user unit (systemctl --user); the default unless run as root",
+        )
+        scope.add_argument(
+            "--system",
+            dest="scope",
+            action="store_const",
+            const="system",
+            help="Linux: a system unit running as the dedicated user 'gensift' (needs root)",
+        )
+        action.add_argument(
+            "--dry-run", action="store_true", help="print what would be written and run; do nothing"
+        )
+        _add_config_option(action)
+        action.set_defaults(handler=_run_service)
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="the whole loop on this machine, nothing downloaded: train, watch, sort",
+        description="Draw example training sets, train both stages from scratch on the CPU "
+        "(ResNet-18, small images), start the daemon on a simulated generator's output "
+        "folder, let the generator write images the way the WebUI (temporary name, then "
+        "rename) and ComfyUI (written in place) do, stop the daemon and print what went "
+        "where and why. About three minutes on two CPU cores. Everything stays in --dir.",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("gensift-demo"),
+        help="the demo folder (default: ./gensift-demo; an earlier demo's folder is cleared)",
+    )
+    p.add_argument("--examples", type=_positive_int, default=60, help="training images per class")
+    p.add_argument("--images", type=_positive_int, default=24, help="images the generator writes")
+    p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs per stage")
+    p.add_argument("--image-size", type=_positive_int, default=48, help="training image size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(handler=_run_demo)
+
+
 def _settings(args: argparse.Namespace, *, sink: TextIO | None = None) -> Settings:
     settings = load_config(args.config)
     setup_logging(settings.log, sink=sink)
@@ -458,6 +522,38 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     _print_report(result.metrics, report=str(result.report_dir))
     return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from gensift.daemon.demo import DemoOptions, run_demo
+
+    result = run_demo(
+        DemoOptions(
+            folder=args.dir,
+            examples=args.examples,
+            images=args.images,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            device=args.device,
+        ),
+        sys.stdout,
+    )
+    undecided = sum(row.entry is None for row in result.rows)
+    if undecided:
+        print(f"gensift demo: {undecided} file(s) were not decided in time", file=sys.stderr)
+    return EXIT_FAILURE if undecided or result.exit_code else EXIT_OK
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    from gensift.daemon.install import run_service
+
+    return run_service(
+        args.service_command,
+        scope=args.scope,
+        config=args.config,
+        dry_run=args.dry_run,
+        out=sys.stdout,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

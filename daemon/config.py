@@ -322,7 +322,7 @@ def resolve_config_path(cli_path: Path | None, environ: Mapping[str, str]) -> tu
     return default_config_path(), False
 
 
-def _read_toml(path: Path, how: str | None) -> dict[str, Any] | None:
+def read_toml(path: Path, how: str | None) -> dict[str, Any] | None:
     """The file's tables, or None when the default file does not exist.
 
     ``how`` says how an explicitly requested file was named (for the error), None for the
@@ -371,7 +371,7 @@ class _MappingEnvSource(EnvSettingsSource):
         }
 
 
-def _settings_env_names(environ: Mapping[str, str]) -> list[str]:
+def settings_env_names(environ: Mapping[str, str]) -> list[str]:
     """The GENSIFT_<SECTION>__<KEY> names in environ (GENSIFT_CONFIG and the like excluded)."""
     prefix = ENV_PREFIX.lower()
     sections = {name.lower() for name in Settings.model_fields}
@@ -387,7 +387,7 @@ def _settings_env_names(environ: Mapping[str, str]) -> list[str]:
 
 def _environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """The nested values the GENSIFT_* variables set; lists and tables are JSON."""
-    names = _settings_env_names(environ)
+    names = settings_env_names(environ)
     sections = set(Settings.model_fields)
     for name in names:
         section = name[len(ENV_PREFIX) :].split(ENV_DELIMITER)[0].lower()
@@ -429,7 +429,7 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     how = None
     if explicit:
         how = "-c" if path is not None else f"environment variable {CONFIG_ENV_VAR}"
-    file_values = _read_toml(config_path, how)
+    file_values = read_toml(config_path, how)
     source = config_path if file_values is not None else None
     env_values = _environment_values(env)
     merged = _merge(_merge(_skeleton(Settings), file_values or {}), env_values)

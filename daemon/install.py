@@ -1,0 +1,116 @@
+"""``gensift service ACTION``: the checks every platform shares, then systemd or Windows.
+
+A service runs unattended, so a mistake must surface now, at the prompt, rather than
+as a restart loop in a log nobody reads: the config must be a real file (the service
+gets its absolute path), it must validate, and the checkpoints it names must exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, TextIO
+
+from gensift.daemon.config import Settings, load_config, resolve_config_path
+from gensift.models.errors import InputError
+
+Action = Literal["install", "uninstall", "start", "stop"]
+Scope = Literal["user", "system"]
+
+
+def checked_config(cli_path: Path | None, *, for_install: bool) -> tuple[Path, Settings]:
+    """The absolute config path and its settings; raises InputError or ConfigError."""
+    path, _ = resolve_config_path(cli_path, os.environ)
+    if not path.is_file():
+        raise InputError(
+            f"no config file at {path}. A service needs one: copy config.example.toml "
+            f"there, set watch.paths, output.root and the stages' checkpoints, check it with "
+            f"`gensift config check -c {path}`, then run this again"
+        )
+    path = path.resolve()
+    settings = load_config(path)
+    if for_install:
+        missing = [
+            f"stages.{name}.checkpoint = {stage.checkpoint}"
+            for name, stage in (
+                ("quality", settings.stages.quality),
+                ("feature", settings.stages.feature),
+            )
+            if stage.checkpoint is not None and not stage.checkpoint.is_file()
+        ]
+        if missing:
+            raise InputError(
+                f"{path}: the service would fail at start, these checkpoints do not exist: "
+                + "; ".join(missing)
+                + ". Train them first (`gensift train quality --data DIR`), or set the key "
+                'to "" to switch that stage off'
+            )
+    return path, settings
+
+
+def default_scope(geteuid: object = getattr(os, "geteuid", None)) -> Scope:
+    """A user unit unless we are root (root's user manager is rarely what anyone wants)."""
+    return "system" if callable(geteuid) and geteuid() == 0 else "user"
+
+
+def run_service(
+    action: Action,
+    *,
+    scope: Scope | None,
+    config: Path | None,
+    dry_run: bool,
+    out: TextIO,
+    platform: str = sys.platform,
+) -> int:
+    if platform == "win32":
+        if scope is not None:
+            raise InputError(
+                f"--{scope} is for systemd; a Windows service is machine-wide (drop the option)"
+            )
+        return _windows(action, config, dry_run, out)
+    if platform.startswith("linux"):
+        _systemd(action, scope or default_scope(), config, dry_run, out)
+        return 0
+    raise InputError(
+        f"gensift service supports Linux (systemd) and Windows, not {platform}; run "
+        "`gensift watch -c CONFIG` under your own supervisor (launchd on macOS)"
+    )
+
+
+def _systemd(action: Action, scope: Scope, config: Path | None, dry_run: bool, out: TextIO) -> None:
+    from gensift.daemon import systemd
+
+    if action == "install":
+        path, settings = checked_config(config, for_install=True)
+        systemd.install(scope, settings, path, dry_run=dry_run, out=out)
+    elif action == "uninstall":
+        systemd.uninstall(scope, dry_run=dry_run, out=out)
+    elif dry_run:
+        systemd.control(action, scope, out=out, runner=_printer(out))
+    else:
+        systemd.control(action, scope, out=out)
+
+
+def _printer(out: TextIO) -> Callable[[Sequence[str]], None]:
+    """A systemd Runner that only says what it would run (``--dry-run``)."""
+
+    def show(argv: Sequence[str]) -> None:
+        print("would run: " + shlex.join(argv), file=out)
+
+    return show
+
+
+def _windows(action: Action, config: Path | None, dry_run: bool, out: TextIO) -> int:
+    from gensift.daemon import winservice
+
+    path, settings = checked_config(config, for_install=action == "install")
+    if action == "install":
+        return winservice.install(settings, path, dry_run=dry_run, out=out)
+    if action == "uninstall":
+        return winservice.remove(settings, path, dry_run=dry_run, out=out)
+    if action == "start":
+        return winservice.start(settings, path, dry_run=dry_run, out=out)
+    return winservice.stop(settings, path, dry_run=dry_run, out=out)
