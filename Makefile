@@ -1,12 +1,12 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   install into .venv and run the main job
+#   make demo   install into .venv and run the main job: `gensift demo` (DEMO_ARGS=... for options)
 #   make test   install into .venv, check formatting and lint, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo digits test lint install clean
 
 # uv installs the few GB of PyTorch wheels in parallel and, on a second
 # install, hard-links them from its cache (seconds instead of ten minutes).
@@ -27,6 +27,10 @@ test: lint
 	$(BIN)/pytest
 
 demo: $(STAMP)
+	$(BIN)/gensift demo $(DEMO_ARGS)
+
+# benchmarks/digits.py: the feature stage trained on scikit-learn's handwritten digits
+digits: $(STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python -c requirements/ci.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/digits.py
 

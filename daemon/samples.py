@@ -1,0 +1,140 @@
+"""Example images for ``gensift demo``: drawn at run time, so nothing is downloaded or shipped.
+
+Three *scenes* stand in for a user's own feature classes, and four kinds of broken
+output stand in for what generators really produce when they fail:
+
+- ``black``: the all-black frame a safety filter returns;
+- ``noise``: sampling gone wrong (too few steps, a broken VAE);
+- ``washed``: washed-out colour (wrong VAE, too high CFG);
+- ``blur``: heavy blur (a wrong upscaler, a low-resolution latent).
+
+A clean image is any scene; the quality stage learns clean against the four failures,
+the feature stage learns the three scenes apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+SCENES = ("sunset", "ocean", "forest")
+FAILURES = ("black", "noise", "washed", "blur")
+
+Rng = np.random.Generator
+
+
+def _gradient(size: int, top: np.ndarray, bottom: np.ndarray) -> Image.Image:
+    """A vertical gradient from ``top`` to ``bottom`` (RGB, 0-255)."""
+    t = np.linspace(0.0, 1.0, size)[:, None, None]
+    rows = top[None, None, :] * (1 - t) + bottom[None, None, :] * t
+    return Image.fromarray(np.broadcast_to(rows, (size, size, 3)).astype(np.uint8))
+
+
+def _jitter(rng: Rng, rgb: tuple[int, int, int], spread: int = 25) -> np.ndarray:
+    return np.clip(np.array(rgb) + rng.integers(-spread, spread + 1, 3), 0, 255).astype(float)
+
+
+def _sunset(rng: Rng, size: int) -> Image.Image:
+    """Warm sky, a sun low over a dark horizon."""
+    img = _gradient(size, _jitter(rng, (250, 140, 40)), _jitter(rng, (170, 40, 60)))
+    pen = ImageDraw.Draw(img)
+    horizon = int(size * rng.uniform(0.6, 0.75))
+    r = int(size * rng.uniform(0.1, 0.18))
+    cx = int(size * rng.uniform(0.25, 0.75))
+    pen.ellipse((cx - r, horizon - r, cx + r, horizon + r), fill=(255, 230, 120))
+    pen.rectangle((0, horizon, size, size), fill=tuple(int(c) for c in _jitter(rng, (50, 25, 35))))
+    return img
+
+
+def _ocean(rng: Rng, size: int) -> Image.Image:
+    """Pale sky over a blue sea with white wave crests."""
+    img = _gradient(size, _jitter(rng, (170, 210, 245)), _jitter(rng, (20, 60, 150)))
+    pen = ImageDraw.Draw(img)
+    horizon = int(size * rng.uniform(0.3, 0.45))
+    pen.rectangle((0, horizon, size, size), fill=tuple(int(c) for c in _jitter(rng, (25, 80, 170))))
+    step = max(4, size // 10)
+    for y in range(horizon + step // 2, size, step):
+        phase = rng.uniform(0, 2 * np.pi)
+        xs = np.arange(0, size + 1, 2)
+        ys = y + np.sin(xs / size * 4 * np.pi + phase) * step / 4
+        pen.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(235, 245, 255), width=1)
+    return img
+
+
+def _forest(rng: Rng, size: int) -> Image.Image:
+    """Dark green conifers against a grey-green sky."""
+    img = _gradient(size, _jitter(rng, (190, 215, 190)), _jitter(rng, (60, 110, 60)))
+    pen = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(5, 9))):
+        x = int(rng.integers(0, size))
+        top = int(size * rng.uniform(0.15, 0.5))
+        half = int(size * rng.uniform(0.08, 0.15))
+        green = tuple(int(c) for c in _jitter(rng, (20, 80, 30), 15))
+        pen.polygon([(x, top), (x - half, size), (x + half, size)], fill=green)
+    return img
+
+
+_SCENES: dict[str, Callable[[Rng, int], Image.Image]] = {
+    "sunset": _sunset,
+    "ocean": _ocean,
+    "forest": _forest,
+}
+
+
+def scene(kind: str, rng: Rng, size: int = 96) -> Image.Image:
+    """A clean image of one of :data:`SCENES`."""
+    return _SCENES[kind](rng, size)
+
+
+def failure(kind: str, rng: Rng, size: int = 96) -> Image.Image:
+    """A broken generation of one of :data:`FAILURES` (the blur and wash spoil a real scene)."""
+    if kind == "black":
+        level = int(rng.integers(0, 4))
+        return Image.new("RGB", (size, size), (level, level, level))
+    if kind == "noise":
+        cell = int(rng.choice([1, 2, 3]))
+        noise = rng.integers(0, 256, (size // cell, size // cell, 3), dtype=np.uint8)
+        return Image.fromarray(noise).resize((size, size), Image.Resampling.NEAREST)
+    clean = scene(str(rng.choice(SCENES)), rng, size)
+    if kind == "blur":
+        return clean.filter(ImageFilter.GaussianBlur(radius=size * rng.uniform(0.06, 0.1)))
+    if kind == "washed":
+        faded = ImageEnhance.Contrast(clean).enhance(rng.uniform(0.15, 0.3))
+        faded = ImageEnhance.Color(faded).enhance(rng.uniform(0.1, 0.3))
+        return ImageEnhance.Brightness(faded).enhance(rng.uniform(1.3, 1.6))
+    raise ValueError(f"unknown failure kind {kind!r}; expected one of {FAILURES}")
+
+
+def draw(kind: str, rng: Rng, size: int = 96) -> Image.Image:
+    """A scene or a failure, by name."""
+    return scene(kind, rng, size) if kind in _SCENES else failure(kind, rng, size)
+
+
+def write_training_sets(
+    root: Path, per_class: int, *, seed: int = 0, size: int = 96
+) -> tuple[Path, Path]:
+    """Write ``root/quality/{keep,reject}/`` and ``root/feature/<scene>/``; returns both roots.
+
+    ``keep`` holds scenes of every kind and ``reject`` every failure in equal shares, so
+    the quality stage learns "broken" rather than "not a sunset".
+    """
+    rng = np.random.default_rng(seed)
+    quality, feature = root / "quality", root / "feature"
+    shares = {
+        "keep": [SCENES[i % len(SCENES)] for i in range(per_class)],
+        "reject": [FAILURES[i % len(FAILURES)] for i in range(per_class)],
+    }
+    for label, kinds in shares.items():
+        folder = quality / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, kind in enumerate(kinds):
+            draw(kind, rng, size).save(folder / f"{kind}_{i:03d}.png")
+    for kind in SCENES:
+        folder = feature / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            scene(kind, rng, size).save(folder / f"{kind}_{i:03d}.png")
+    return quality, feature
