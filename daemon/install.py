@@ -2,7 +2,8 @@
 
 A service runs unattended, so a mistake must surface now, at the prompt, rather than
 as a restart loop in a log nobody reads: the config must be a real file (the service
-gets its absolute path), it must validate, and the checkpoints it names must exist.
+gets its absolute path), it must validate, no watched folder may lie inside the output
+root, and the checkpoints it names must exist.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from gensift.daemon.config import Settings, load_config, resolve_config_path
+from gensift.daemon.layout import check_layout
 from gensift.models.errors import InputError
 
 Action = Literal["install", "uninstall", "start", "stop"]
@@ -33,6 +35,7 @@ def checked_config(cli_path: Path | None, *, for_install: bool) -> tuple[Path, S
     path = path.resolve()
     settings = load_config(path)
     if for_install:
+        check_layout(settings)
         missing = [
             f"stages.{name}.checkpoint = {stage.checkpoint}"
             for name, stage in (

@@ -32,6 +32,7 @@ from loguru import logger
 from gensift.daemon.config import ConfigError, Settings, load_config
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.journal import Journal
+from gensift.daemon.layout import check_layout, exclusions, watched_roots
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.logs import setup_logging
 from gensift.daemon.notify import SystemdNotifier
@@ -58,34 +59,6 @@ STATUS_SECONDS = 2.0
 TICK_SECONDS = 2.0
 #: The worker's longest wait for work when no watchdog needs its heartbeat.
 WORKER_TICK_SECONDS = 5.0
-
-
-def exclusions(settings: Settings) -> list[Path]:
-    """Folders never watched or scanned: the output root and the training reports."""
-    excluded = [settings.output.root]
-    for stage in STAGES:
-        checkpoint = getattr(settings.stages, stage).checkpoint
-        if checkpoint is not None:
-            excluded.append(checkpoint.with_suffix(".report"))
-    return excluded
-
-
-def watched_roots(settings: Settings) -> list[Path]:
-    """The watched folders with symlinks resolved: an observer scheduled on a symlink sees
-    nothing inside it, and events and scans must name each file the same way."""
-    return [path.resolve() for path in settings.watch.paths]
-
-
-def check_layout(settings: Settings) -> None:
-    """Refuse a watched folder inside the output root: gensift would sift its own output."""
-    root = settings.output.root.resolve()
-    for path, real in zip(settings.watch.paths, watched_roots(settings), strict=True):
-        if real.is_relative_to(root):
-            raise InputError(
-                f"watch.paths: {path} is inside output.root ({settings.output.root}); files "
-                f"gensift routes there would be watched again. Watch a folder outside the "
-                f"output root (the root may be inside a watched folder: it is skipped)"
-            )
 
 
 def tracking_capacity(settings: Settings) -> int:

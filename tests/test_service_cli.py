@@ -62,6 +62,15 @@ def test_a_missing_config_file_or_checkpoint_is_refused_before_anything_is_writt
     assert "gensift train" in err
 
 
+def test_a_watched_folder_inside_the_output_root_is_refused_at_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "out" / "inbox").mkdir(parents=True)
+    config = write_config(tmp_path, None, None, inbox=tmp_path / "out" / "inbox")
+    assert main(["service", "install", "--user", "--dry-run", "-c", str(config)]) == 2
+    assert "is inside output.root" in capsys.readouterr().err
+
+
 def test_scope_options_are_for_systemd_and_other_platforms_are_named(config: Path) -> None:
     with pytest.raises(InputError, match="machine-wide"):
         run_service(
