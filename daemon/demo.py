@@ -109,11 +109,11 @@ def run_demo(opts: DemoOptions, out: TextIO) -> DemoResult:
     (folder / "generator-output").mkdir()
     say.step(f"starting the daemon: gensift watch -c {config}")
     daemon = Daemon(settings, config_path=config)
-    with _running(daemon) as finished:
+    with _running(daemon) as serving:
         generated = _generate(folder / "generator-output", opts, say)
-        entries = _wait_for_decisions(settings, generated, finished, timeout=60 + 5 * opts.images)
+        entries = _wait_for_decisions(settings, generated, serving, timeout=60 + 5 * opts.images)
         say.step("stopping the daemon (as systemd or Ctrl+C would)")
-    code = finished.code
+    code = serving.code
     rows = [Row(g, entries.get(g.path)) for g in generated]
     say.table(folder, rows)
     say.closing(folder, config, settings, reports)
@@ -219,28 +219,35 @@ def _train(stage: str, data: Path, models: Path, opts: DemoOptions, say: _Printe
 # -- the daemon and the generator -----------------------------------------------------------
 
 
-class _Finished:
-    code = 1
+@dataclass
+class _Serving:
+    """The daemon's thread, and its exit code once it has one."""
+
+    thread: threading.Thread | None = None
+    code: int = 1
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
 
 @contextmanager
-def _running(daemon: Daemon) -> Iterator[_Finished]:
+def _running(daemon: Daemon) -> Iterator[_Serving]:
     """Run ``daemon`` in a thread until READY; stop it (and wait) on the way out."""
-    finished = _Finished()
+    serving = _Serving()
 
     def serve() -> None:
-        finished.code = daemon.run()
+        serving.code = daemon.run()
 
-    thread = threading.Thread(target=serve, name="gensift-demo-daemon", daemon=True)
-    thread.start()
+    serving.thread = threading.Thread(target=serve, name="gensift-demo-daemon", daemon=True)
+    serving.thread.start()
     while not daemon.ready.wait(0.2):
-        if not thread.is_alive():
+        if not serving.alive():
             raise RuntimeProblem("the daemon stopped before it was ready; see the log above")
     try:
-        yield finished
+        yield serving
     finally:
         daemon.request_stop()
-        thread.join()
+        serving.thread.join()
 
 
 def _generate(outputs: Path, opts: DemoOptions, say: _Printer) -> list[Generated]:
@@ -290,9 +297,10 @@ def _write_comfyui(image: Image.Image, path: Path, *, truncate: bool) -> None:
 
 
 def _wait_for_decisions(
-    settings: Settings, generated: list[Generated], finished: _Finished, *, timeout: float
+    settings: Settings, generated: list[Generated], serving: _Serving, *, timeout: float
 ) -> dict[Path, Entry]:
-    """Journal entries for the generated files, once all have one (or ``timeout`` passed)."""
+    """Journal entries for the generated files, once all have one (or ``timeout`` passed, or
+    the daemon stopped: its log says why)."""
     wanted = {g.path for g in generated}
     deadline = time.monotonic() + timeout
     found: dict[Path, Entry] = {}
@@ -303,7 +311,7 @@ def _wait_for_decisions(
                 for e in journal.entries()
                 if e.source in wanted and e.state in DECIDED_STATES
             }
-        if len(found) == len(wanted) or time.monotonic() > deadline:
+        if len(found) == len(wanted) or time.monotonic() > deadline or not serving.alive():
             return found
         time.sleep(0.25)
 
