@@ -49,14 +49,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
+def _add_config_option(
+    parser: argparse.ArgumentParser,
+    missing: str = "a missing default file means built-in defaults",
+) -> None:
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
         metavar="CONFIG",
         help="config file (default: $GENSIFT_CONFIG, else the user config dir's "
-        "gensift/config.toml; a missing default file means built-in defaults)",
+        f"gensift/config.toml; {missing})",
     )
 
 
@@ -355,7 +358,7 @@ def _add_service(commands: argparse._SubParsersAction) -> None:
         action.add_argument(
             "--dry-run", action="store_true", help="print what would be written and run; do nothing"
         )
-        _add_config_option(action)
+        _add_config_option(action, missing="the service runs with this file, so it must exist")
         action.set_defaults(handler=_run_service)
 
 
@@ -375,10 +378,30 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         default=Path("gensift-demo"),
         help="the demo folder (default: ./gensift-demo; an earlier demo's folder is cleared)",
     )
-    p.add_argument("--examples", type=_positive_int, default=60, help="training images per class")
-    p.add_argument("--images", type=_positive_int, default=24, help="images the generator writes")
-    p.add_argument("--epochs", type=_positive_int, default=8, help="training epochs per stage")
-    p.add_argument("--image-size", type=_positive_int, default=48, help="training image size")
+    p.add_argument(
+        "--examples",
+        type=_positive_int,
+        default=60,
+        help="training images per class (default: %(default)s)",
+    )
+    p.add_argument(
+        "--images",
+        type=_positive_int,
+        default=24,
+        help="images the generator writes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=8,
+        help="training epochs per stage (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=48,
+        help="training image size in pixels (default: %(default)s)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(handler=_run_demo)
 
