@@ -9,9 +9,7 @@ root, and the checkpoints it names must exist.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -91,19 +89,8 @@ def _systemd(action: Action, scope: Scope, config: Path | None, dry_run: bool, o
         systemd.install(scope, settings, path, dry_run=dry_run, out=out)
     elif action == "uninstall":
         systemd.uninstall(scope, dry_run=dry_run, out=out)
-    elif dry_run:
-        systemd.control(action, scope, out=out, runner=_printer(out))
     else:
-        systemd.control(action, scope, out=out)
-
-
-def _printer(out: TextIO) -> Callable[[Sequence[str]], None]:
-    """A systemd Runner that only says what it would run (``--dry-run``)."""
-
-    def show(argv: Sequence[str]) -> None:
-        print("would run: " + shlex.join(argv), file=out)
-
-    return show
+        systemd.control(action, scope, out=out, dry_run=dry_run)
 
 
 def _windows(action: Action, config: Path | None, dry_run: bool, out: TextIO) -> int:

@@ -267,11 +267,15 @@ def control(
     scope: Scope,
     *,
     out: TextIO,
+    dry_run: bool = False,
     runner: Runner | None = None,
 ) -> None:
     """``systemctl [--user] start|stop gensift.service`` (stop finishes the batch in flight)."""
-    runner = _live_runner(scope, action, runner)
     command = _systemctl(scope, action, UNIT_NAME)
+    if dry_run:
+        out.write(f"would run: {_shell(command)}\n")
+        return
+    runner = _live_runner(scope, action, runner)
     out.write(f"$ {_shell(command)}\n")
     runner(command)
 

@@ -87,6 +87,13 @@ def test_scope_options_are_for_systemd_and_other_platforms_are_named(config: Pat
         )
 
 
-def test_start_dry_run_names_the_systemctl_command(capsys: pytest.CaptureFixture[str]) -> None:
+def test_start_and_stop_dry_runs_name_the_systemctl_command_and_need_no_root(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["service", "start", "--user", "--dry-run"]) == 0
     assert "would run: systemctl --user start gensift.service" in capsys.readouterr().out
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert main(["service", "stop", "--system", "--dry-run"]) == 0
+    assert "would run: systemctl stop gensift.service" in capsys.readouterr().out
+    assert main(["service", "stop", "--system"]) == 2
+    assert "needs root" in capsys.readouterr().err
