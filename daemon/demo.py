@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: a file in the demo folder that says it is one (so a second run may clear it)
 MARKER = ".gensift-demo"
 #: what the simulated generator writes, in this order (shuffled with a fixed seed)
-_PLAN = [*SCENES, *FAILURES]
+_PLAN = [*SCENES, *FAILURES, "mixed"]
 _CHUNK = 4096
 
 
@@ -343,7 +343,7 @@ class _Printer:
                     row.generated.style,
                     action,
                     "" if e is None else e.reason,
-                    "" if e is None or e.probability is None else f"{e.probability:.2f}",
+                    "" if e is None or e.probability is None else f"{e.probability:.3f}",
                     str(row.location.relative_to(folder)),
                 )
             )
@@ -367,6 +367,14 @@ class _Printer:
         for stage, report in reports.items():
             print(f"{stage} report: {report}", file=self.out)
         print(f"sorted files: {settings.output.root}", file=self.out)
+        print(
+            "\n'drawn as' is the truth. These models learnt from a few dozen drawn pictures in "
+            "a few minutes, so a mistake or two is expected; what matters is that nothing is "
+            "deleted, whatever falls below a threshold stays where it was (`leave`), and every "
+            "move can be undone. Trained on your own examples from a pretrained backbone "
+            "(`gensift train`'s defaults), they do far better.",
+            file=self.out,
+        )
         print(
             f"\nEvery decision, with its probabilities: gensift history -c {config}\n"
             f"Put everything back: gensift undo --since 1h -c {config}\n"

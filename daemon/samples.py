@@ -9,7 +9,8 @@ output stand in for what generators really produce when they fail:
 - ``blur``: heavy blur (a wrong upscaler, a low-resolution latent).
 
 A clean image is any scene; the quality stage learns clean against the four failures,
-the feature stage learns the three scenes apart.
+the feature stage learns the three scenes apart. The simulated generator also writes
+``mixed`` images (two scenes side by side), which no training set contains.
 """
 
 from __future__ import annotations
@@ -108,8 +109,20 @@ def failure(kind: str, rng: Rng, size: int = 96) -> Image.Image:
     raise ValueError(f"unknown failure kind {kind!r}; expected one of {FAILURES}")
 
 
+def mixed(rng: Rng, size: int = 96) -> Image.Image:
+    """Two different scenes side by side: a clean image that belongs to no one class, the
+    kind a calibrated model should be unsure about (and gensift then leaves alone)."""
+    left, right = rng.choice(len(SCENES), 2, replace=False)
+    pixels = np.array(scene(SCENES[left], rng, size))
+    cut = int(size * rng.uniform(0.4, 0.6))
+    pixels[:, cut:] = np.array(scene(SCENES[right], rng, size))[:, cut:]
+    return Image.fromarray(pixels)
+
+
 def draw(kind: str, rng: Rng, size: int = 96) -> Image.Image:
-    """A scene or a failure, by name."""
+    """A scene, a failure, or ``mixed``, by name."""
+    if kind == "mixed":
+        return mixed(rng, size)
     return scene(kind, rng, size) if kind in _SCENES else failure(kind, rng, size)
 
 

@@ -71,7 +71,8 @@ def test_demo_runs_the_loop_and_its_table_matches_the_disk(
     assert by_kind["truncated"]["now at"].startswith("sorted/_rejected/")
 
     # the counts under the table add up to the rows, and the paths it names exist
-    counted = sum(int(line.split()[0]) for line in out.split("\n\n")[-3].splitlines())
+    blocks = out[out.index("\nfile ") :].split("\n\n")  # the table, then the counts
+    counted = sum(int(line.split()[0]) for line in blocks[1].splitlines())
     assert counted == len(rows)
     assert (folder / "journal.sqlite3").is_file()
     assert (folder / "models" / "quality.report" / "metrics.json").is_file()
