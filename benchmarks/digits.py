@@ -9,7 +9,7 @@ report is. The target is at least 97 % validation accuracy.
 
     python benchmarks/digits.py [--dir DIR] [--epochs N] [--device cpu]
 
-Not run by CI. Needs scikit-learn (``pip install -e '.[dev]'``).
+Not run by CI. Needs scikit-learn (``pip install -e '.[bench]'``); ``make digits`` does both.
 """
 
 from __future__ import annotations
