@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal, TextIO
 
-from gensift.daemon.config import Settings, load_config, resolve_config_path
+from gensift.daemon.config import ConfigError, Settings, load_config, resolve_config_path
 from gensift.daemon.layout import check_layout
 from gensift.models.errors import InputError
 
@@ -96,11 +96,28 @@ def _systemd(action: Action, scope: Scope, config: Path | None, dry_run: bool, o
 def _windows(action: Action, config: Path | None, dry_run: bool, out: TextIO) -> int:
     from gensift.daemon import winservice
 
-    path, settings = checked_config(config, for_install=action == "install")
     if action == "install":
+        path, settings = checked_config(config, for_install=True)
         return winservice.install(settings, path, dry_run=dry_run, out=out)
+    if action == "stop":
+        return winservice.stop(dry_run=dry_run, out=out)
+    known = readable_config(config, action, out)
     if action == "uninstall":
-        return winservice.remove(settings, path, dry_run=dry_run, out=out)
-    if action == "start":
-        return winservice.start(settings, path, dry_run=dry_run, out=out)
-    return winservice.stop(settings, path, dry_run=dry_run, out=out)
+        return winservice.remove(*known, dry_run=dry_run, out=out)
+    return winservice.start(known[1], dry_run=dry_run, out=out)
+
+
+def readable_config(
+    cli_path: Path | None, action: Action, out: TextIO
+) -> tuple[Path, Settings] | tuple[None, None]:
+    """The config for messages only: uninstall and start must work without a loadable one.
+
+    A missing default config is silent; one the user named, or one that fails to load, gets
+    a note so that nobody wonders why the message leaves out the file names.
+    """
+    try:
+        return checked_config(cli_path, for_install=False)
+    except (InputError, ConfigError) as exc:
+        if cli_path is not None or isinstance(exc, ConfigError):
+            out.write(f"note: {action} goes on without the config: {exc}\n")
+        return None, None

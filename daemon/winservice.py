@@ -176,8 +176,11 @@ def _describe_exit(state: ServiceState) -> str:
     return f"exit code {state.win32_exit_code}"
 
 
-def _where_to_look(settings: Settings, environ: Mapping[str, str]) -> str:
-    log = service_log(settings.log, environ).file
+def _where_to_look(settings: Settings | None, environ: Mapping[str, str]) -> str:
+    if settings is None:
+        log = f"{default_log_file(environ)} unless the service's config names another [log] file"
+    else:
+        log = str(service_log(settings.log, environ).file)
     return (
         f"its log is {log}; errors also go to Event Viewer -> Windows Logs -> Application, "
         f"source '{SERVICE_NAME}'"
@@ -185,7 +188,7 @@ def _where_to_look(settings: Settings, environ: Mapping[str, str]) -> str:
 
 
 def _start_and_wait(
-    control: ServiceControl, settings: Settings, out: TextIO, environ: Mapping[str, str]
+    control: ServiceControl, settings: Settings | None, out: TextIO, environ: Mapping[str, str]
 ) -> None:
     with _doing(f"starting the '{SERVICE_NAME}' service"):
         try:
@@ -351,15 +354,19 @@ def _print_plan(
 
 
 def remove(
-    settings: Settings,
-    config: Path,
+    settings: Settings | None,
+    config: Path | None,
     *,
     dry_run: bool,
     out: TextIO,
     control: ServiceControl | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Stop (gracefully) and delete the service; absent already is fine. Data is kept."""
+    """Stop (gracefully) and delete the service; absent already is fine. Data is kept.
+
+    The config is only used to say which files are kept: a deleted or broken config must
+    not stand between a user and removing the service.
+    """
     env = os.environ if environ is None else environ
     control = _control(control)
     existing = _query(control)
@@ -385,21 +392,26 @@ def remove(
             f"the '{SERVICE_NAME}' service is marked for deletion; Windows removes it once the "
             "Services console (services.msc) and Event Viewer are closed\n"
         )
-    log = service_log(settings.log, env).file
-    out.write(f"kept: config {config}, journal {settings.journal.path}, log {log}\n")
+    if settings is None or config is None:
+        out.write("kept: the config, the journal and the log (uninstalling deletes no files)\n")
+    else:
+        log = service_log(settings.log, env).file
+        out.write(f"kept: config {config}, journal {settings.journal.path}, log {log}\n")
     return 0
 
 
 def start(
-    settings: Settings,
-    config: Path,
+    settings: Settings | None,
     *,
     dry_run: bool,
     out: TextIO,
     control: ServiceControl | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Start the installed service and wait until it runs (or report why it did not)."""
+    """Start the installed service and wait until it runs (or report why it did not).
+
+    ``settings`` (None when the config cannot be read here) only names the log to look at.
+    """
     env = os.environ if environ is None else environ
     control = _control(control)
     state = _installed(control, "start")
@@ -414,8 +426,6 @@ def start(
 
 
 def stop(
-    settings: Settings,
-    config: Path,
     *,
     dry_run: bool,
     out: TextIO,

@@ -21,6 +21,7 @@ from loguru import logger
 from gensift.daemon import winhost as wh
 from gensift.daemon import winservice as ws
 from gensift.daemon.config import ConfigError, Settings, load_config
+from gensift.daemon.install import readable_config
 from gensift.daemon.win32control import (
     ERROR_ACCESS_DENIED,
     ERROR_FAILED_SERVICE_CONTROLLER_CONNECT,
@@ -328,29 +329,63 @@ def test_remove_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert "would stop it" in out.getvalue() and "would delete" in out.getvalue()
 
 
+def test_remove_without_a_readable_config_still_removes(tmp_path: Path) -> None:
+    control, out = FakeControl(running()), io.StringIO()
+    assert ws.remove(None, None, dry_run=False, out=out, control=control, environ={}) == 0
+    assert control.service is None
+    assert "uninstalling deletes no files" in out.getvalue()
+
+
+def test_uninstall_and_start_read_the_config_only_for_their_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = write_config(tmp_path)
+    out = io.StringIO()
+    assert readable_config(good, "uninstall", out) == (good.resolve(), settings_of(good))
+    monkeypatch.setenv("GENSIFT_CONFIG", str(tmp_path / "deleted.toml"))
+    assert readable_config(None, "uninstall", out) == (None, None)
+    assert out.getvalue() == ""  # a config nobody named is not worth a note
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[watch]\nno_such_key = 1\n")
+    assert readable_config(broken, "start", out) == (None, None)
+    assert "note: start goes on without the config" in out.getvalue()
+    assert "no_such_key" in out.getvalue()
+
+
 def test_start_and_stop_are_idempotent(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     settings = settings_of(config)
     control, out = FakeControl(running()), io.StringIO()
-    ws.start(settings, config, dry_run=False, out=out, control=control)
+    ws.start(settings, dry_run=False, out=out, control=control)
     assert "already running" in out.getvalue() and control.calls == ["query"]
-    ws.stop(settings, config, dry_run=False, out=out, control=control)
+    ws.stop(dry_run=False, out=out, control=control)
     assert control.calls == ["query", "query", "stop", "query"]
-    ws.stop(settings, config, dry_run=False, out=out, control=control)
+    ws.stop(dry_run=False, out=out, control=control)
     assert "already stopped" in out.getvalue()
-    ws.start(settings, config, dry_run=False, out=out, control=control, environ={})
+    ws.start(settings, dry_run=False, out=out, control=control, environ={})
     assert control.service is not None and control.service.state == "running"
     assert ws.status(settings, out=out, control=control) == 0
+
+
+def test_start_without_a_config_names_the_default_log(tmp_path: Path) -> None:
+    control = FakeControl(ServiceState("stopped", '"C:\\py.exe" -m x', ws.ACCOUNT))
+    control.start_ends_as = ServiceState("stopped", "", ws.ACCOUNT, win32_exit_code=1)
+    with pytest.raises(RuntimeProblem, match=r"gensift\.log unless the service's config"):
+        ws.start(
+            None,
+            dry_run=False,
+            out=io.StringIO(),
+            control=control,
+            environ={"PROGRAMDATA": "C:\\D"},
+        )
 
 
 def test_start_when_not_installed_is_a_usage_error(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     with pytest.raises(InputError, match="not installed"):
-        ws.start(
-            settings_of(config), config, dry_run=False, out=io.StringIO(), control=FakeControl()
-        )
+        ws.start(settings_of(config), dry_run=False, out=io.StringIO(), control=FakeControl())
     out = io.StringIO()
-    ws.stop(settings_of(config), config, dry_run=False, out=out, control=FakeControl())
+    ws.stop(dry_run=False, out=out, control=FakeControl())
     assert "not installed; nothing to stop" in out.getvalue()
 
 
