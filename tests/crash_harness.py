@@ -38,6 +38,16 @@ def count_rows(journal: Path, states: tuple[str, ...] = ()) -> int:
         return 0
 
 
+#: the states that end a file's story (what the watch tests wait for)
+FINAL_STATES = ("done", "skipped")
+
+
+def final_count(journal: Path) -> int:
+    """Rows in a final state, restore rows included (the watch tests undo nothing), counted
+    by SQLite: cheap enough to poll while a daemon writes."""
+    return count_rows(journal, FINAL_STATES)
+
+
 def _child(config: Path, inbox: Path) -> int:
     pid = os.fork()
     if pid == 0:

@@ -25,16 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from crash_harness import count_rows
+from crash_harness import final_count
 
 import gensift.daemon.service  # noqa: F401 - import torch once, before forking
 from gensift.daemon.cli import main
 
 DEADLINE_SECONDS = 600
-
-
-def _final_rows(journal: Path) -> int:
-    return count_rows(journal, ("done", "skipped"))
 
 
 def _daemon(config: Path, notify: str) -> int:
@@ -80,7 +76,7 @@ def run(config: Path, inbox: Path, staged: Path, journal: Path, rounds: int, see
                 shutil.copyfile(path, inbox / path.name)
             if not last:
                 time.sleep(rng.uniform(0.0, 1.0))
-                before = _final_rows(journal)
+                before = final_count(journal)
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 copied = (i + 1) * share
@@ -88,12 +84,12 @@ def run(config: Path, inbox: Path, staged: Path, journal: Path, rounds: int, see
                 print(json.dumps(result), flush=True)
                 continue
             deadline = time.monotonic() + DEADLINE_SECONDS
-            while _final_rows(journal) < len(files) and time.monotonic() < deadline:
+            while final_count(journal) < len(files) and time.monotonic() < deadline:
                 time.sleep(0.2)
             os.kill(pid, signal.SIGTERM)
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            result = {"round": i, "killed": False, "exit": code, "decided": _final_rows(journal)}
+            result = {"round": i, "killed": False, "exit": code, "decided": final_count(journal)}
             print(json.dumps(result), flush=True)
         sock.close()
 

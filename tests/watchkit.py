@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import draw
-from crash_harness import count_rows
+from crash_harness import FINAL_STATES, final_count
 from sortkit import decisions
 
 from gensift.daemon.config import load_config
@@ -25,7 +25,6 @@ from gensift.models.checkpoint import read_checkpoint, save_checkpoint
 WAIT = 120.0  # seconds; generous for a loaded two-core machine, never a timing assertion
 
 KINDS = ("keep", "reject", "red", "blue", "stripes")
-FINAL_STATES = ("done", "skipped")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = WAIT, what: str = "") -> None:
@@ -41,12 +40,6 @@ def final_rows(journal: Path) -> list[Entry]:
     if not journal.exists():
         return []
     return [e for e in decisions(journal) if e.state in FINAL_STATES]
-
-
-def final_count(journal: Path) -> int:
-    """How many rows :func:`final_rows` would return (the watch tests undo nothing), counted
-    by SQLite: cheap enough to poll while the daemon writes."""
-    return count_rows(journal, FINAL_STATES)
 
 
 def wait_decided(journal: Path, count: int, timeout: float = WAIT) -> list[Entry]:
