@@ -330,7 +330,8 @@ def _add_service(commands: argparse._SubParsersAction) -> None:
         help="install gensift as a service (systemd on Linux, a Windows service on Windows)",
         description="Install, remove, start or stop the service that runs `gensift watch -c "
         "CONFIG` for good: a systemd unit on Linux (see systemd/README.md), a Windows service "
-        "on Windows (see docs/windows.md). The config is checked first.",
+        "on Windows (see docs/windows.md). `install` checks the config first; uninstall, "
+        "start and stop work without one.",
     )
     sub = p.add_subparsers(dest="service_command", required=True, metavar="ACTION")
     for name, text in (
@@ -358,7 +359,12 @@ def _add_service(commands: argparse._SubParsersAction) -> None:
         action.add_argument(
             "--dry-run", action="store_true", help="print what would be written and run; do nothing"
         )
-        _add_config_option(action, missing="the service runs with this file, so it must exist")
+        _add_config_option(
+            action,
+            missing="the service runs with this file, so it must exist"
+            if name == "install"
+            else "not needed: on Windows it only names the files kept and the log to read",
+        )
         action.set_defaults(handler=_run_service)
 
 
