@@ -15,7 +15,9 @@ subprocess, and measures three things in one run:
 2. **Idle CPU**: the daemon's user + system CPU time over ``--idle-seconds`` with
    nothing arriving, as a percentage of one core, against the baseline of a
    Python process beside it that does nothing but wait once a second (some
-   virtual machines charge several percent to a process that only sleeps).
+   virtual machines charge several percent to a process that only sleeps), and
+   the wake-ups per second of each (voluntary context switches), the daemon's
+   also per thread: the figure that does not depend on the machine.
 3. **Memory in a flood**: ``--flood`` images appear at once (hard links to a
    few drawn images: they really do arrive at the same moment); the daemon's
    peak RSS (``VmHWM``) once it has worked through them, or after
@@ -86,6 +88,9 @@ class Daemon:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    def wakeups(self) -> dict[int, int]:
+        return thread_wakeups(self.proc.pid)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -191,19 +196,56 @@ def steady_latency(daemon_dir: Path, images: list[Path], args: argparse.Namespac
 SLEEPER = "import threading\ne = threading.Event()\nwhile True:\n    e.wait(1.0)\n"
 
 
-def idle_cpu(daemon: Daemon, seconds: float) -> tuple[float, float]:
-    """CPU % of one core over ``seconds``: the daemon, and a do-nothing Python process beside
-    it (some virtual machines charge sleeping processes; the difference is the daemon's)."""
+def thread_wakeups(pid: int) -> dict[int, int]:
+    """Wake-ups so far of each thread of ``pid``, by thread id.
+
+    A thread's voluntary context switches: each is a time it blocked (on a timer, a
+    lock, a read), so each is followed by one wake-up. Preemptions are not counted.
+    """
+    counts = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text().splitlines()
+        except FileNotFoundError:  # the thread ended while we read
+            continue
+        for line in status:
+            key, _, value = line.partition(":")
+            if key == "voluntary_ctxt_switches":
+                counts[int(task.name)] = int(value)
+    return counts
+
+
+def idle_cpu(daemon: Daemon, seconds: float) -> dict[str, Any]:
+    """The daemon's idle cost over ``seconds``, beside a do-nothing Python process.
+
+    CPU % of one core for each, and wake-ups per second: the daemon's in all and per
+    thread (by thread id; ``py-spy dump --pid PID`` names them). Wake-ups are the figure
+    that does not depend on the machine: some virtual machines charge each wake-up of a
+    sleeping process tens of milliseconds, so there the CPU % mostly counts wake-ups.
+    """
     sleeper = Daemon(subprocess.Popen([sys.executable, "-c", SLEEPER]), daemon.log)
     try:
         time.sleep(2.0)
         before = daemon.cpu_seconds(), sleeper.cpu_seconds()
+        switches = daemon.wakeups(), sleeper.wakeups()
         time.sleep(seconds)
         after = daemon.cpu_seconds(), sleeper.cpu_seconds()
+        switched = daemon.wakeups(), sleeper.wakeups()
     finally:
         sleeper.proc.kill()
         sleeper.proc.wait()
-    return ((after[0] - before[0]) / seconds * 100, (after[1] - before[1]) / seconds * 100)
+    per_thread = {
+        tid: (count - switches[0].get(tid, 0)) / seconds
+        for tid, count in switched[0].items()
+        if count != switches[0].get(tid, 0)
+    }
+    return {
+        "cpu_percent": (after[0] - before[0]) / seconds * 100,
+        "sleeper_cpu_percent": (after[1] - before[1]) / seconds * 100,
+        "wakeups_per_s": sum(per_thread.values()),
+        "sleeper_wakeups_per_s": (sum(switched[1].values()) - sum(switches[1].values())) / seconds,
+        "wakeups_per_s_by_thread": dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def flood(daemon: Daemon, work: Path, images: list[Path], args: argparse.Namespace) -> dict:
@@ -272,10 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         steady = steady_latency(work, images, args)
         print(f"steady {args.rate:g}/s: {steady}", flush=True)
         time.sleep(5.0)  # let the last batch and the log settle
-        idle, idle_baseline = idle_cpu(daemon, args.idle_seconds)
+        idle = idle_cpu(daemon, args.idle_seconds)
         print(
-            f"idle CPU: {idle:.2f} % of one core (a Python process that only waits: "
-            f"{idle_baseline:.2f} %)",
+            f"idle: {idle['cpu_percent']:.2f} % of one core, {idle['wakeups_per_s']:.1f} "
+            f"wake-ups/s (a Python process that only waits: {idle['sleeper_cpu_percent']:.2f} %, "
+            f"{idle['sleeper_wakeups_per_s']:.1f} wake-ups/s); by thread id: "
+            f"{idle['wakeups_per_s_by_thread']}",
             flush=True,
         )
         flooded = flood(daemon, work, images, args) if args.flood else {}
@@ -292,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_naive_ms": baseline,
         "steady": steady,
         "p50_over_baseline": steady["p50_ms"] / baseline,
-        "idle_cpu_percent": idle,
-        "idle_cpu_percent_of_a_waiting_python_process": idle_baseline,
+        "idle": idle,
         "flood": flooded,
         "daemon_exit": code,
         "daemon_final_stats": stats[-1] if stats else "",
