@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,6 +106,8 @@ class Decoder:
     def _attempt(self, path: Path) -> Decoded:
         try:
             before = path.stat()
+            if not stat.S_ISREG(before.st_mode):  # opening a FIFO would wait for a writer
+                return Decoded(FileInfo(path), "unreadable", "not a regular file")
             data = path.read_bytes()
             after = path.stat()
         except FileNotFoundError:

@@ -163,15 +163,48 @@ def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]
     return todo, skipped
 
 
+class Reported:
+    """The problems already logged at ERROR, by path.
+
+    A file the daemon cannot read (or cannot move) is tried again at every rescan; the
+    first failure is an ERROR, the same failure again only a DEBUG line, so a file that
+    stays unreadable for weeks does not fill the log. A different failure, or the same one
+    after the file was decided, is an ERROR again. Past ``limit`` paths it starts over.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._notes: dict[Path, str] = {}
+
+    def level(self, path: Path, note: str) -> str:
+        """The log level for ``note`` about ``path``: ERROR the first time, then DEBUG."""
+        if self._notes.get(path) == note:
+            return "DEBUG"
+        if len(self._notes) >= self.limit:
+            self._notes.clear()
+        self._notes[path] = note
+        return "ERROR"
+
+    def forget(self, path: Path) -> None:
+        self._notes.pop(path, None)
+
+
 class Sifter:
     """Runs files through decode -> cascade -> decision -> router."""
 
     def __init__(
-        self, settings: Settings, cascade: Cascade, router: Router, *, workers: int | None = None
+        self,
+        settings: Settings,
+        cascade: Cascade,
+        router: Router,
+        *,
+        workers: int | None = None,
+        reported: Reported | None = None,
     ) -> None:
         self.settings = settings
         self.cascade = cascade
         self.router = router
+        self.reported = reported or Reported()
         predictor = cascade.predictor
         self.decoder = Decoder(
             presets=predictor.presets,
@@ -211,8 +244,9 @@ class Sifter:
         if item.status in ("corrupt", "blank"):
             decision = rule_decision(self.cascade.policy, item.status, item.note)  # type: ignore[arg-type]
             return self._route(item, decision, {})
-        level = "ERROR" if item.status == "unreadable" else "INFO"
-        logger.log(level, "{}: {}; left for later", item.file.path, item.note)
+        path = item.file.path
+        level = self.reported.level(path, item.note) if item.status == "unreadable" else "INFO"
+        logger.log(level, "{}: {}; left for later", path, item.note)
         return Outcome(item.file, None, None, item.status, item.note)
 
     def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:
@@ -232,10 +266,10 @@ class Sifter:
 
     def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
         outcome = self.router.apply(item.file, decision, checkpoints)
-        _log_outcome(outcome)
+        path = item.file.path
+        if outcome.state == "failed":
+            logger.log(self.reported.level(path, outcome.note), "{}", outcome.describe())
+        else:
+            self.reported.forget(path)
+            logger.info("{}", outcome.describe())
         return outcome
-
-
-def _log_outcome(outcome: Outcome) -> None:
-    if outcome.decision is not None:
-        logger.log("ERROR" if outcome.state == "failed" else "INFO", "{}", outcome.describe())

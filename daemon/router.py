@@ -121,7 +121,6 @@ class Router:
                 target_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 note = f"cannot create {target_dir}: {exc.strerror or exc}; left in place"
-                logger.error("{}: {}", file.path, note)
                 return Outcome(file, decision, dst, "failed", note, checkpoints)
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
             try:
@@ -175,7 +174,6 @@ class Router:
         checkpoints: Mapping[str, str],
     ) -> Outcome:
         note = f"{decision.action} failed: {exc.strerror or exc}; the file was left in place"
-        logger.error("{}: {}", file.path, note)
         self.journal.finish(entry_id, "failed", note)
         return Outcome(file, decision, dst, "failed", note, checkpoints)
 

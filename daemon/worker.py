@@ -35,7 +35,7 @@ from loguru import logger
 from gensift.daemon.config import Settings
 from gensift.daemon.decode import Decoded, default_workers
 from gensift.daemon.journal import Journal
-from gensift.daemon.pipeline import Cascade, Sifter, load_cascade
+from gensift.daemon.pipeline import Cascade, Reported, Sifter, load_cascade
 from gensift.daemon.router import Outcome, Router
 from gensift.daemon.sort import summary_label
 from gensift.daemon.watcher import Arrivals
@@ -92,6 +92,7 @@ class Worker:
         self._stop = threading.Event()
         self._files = threading.Lock()  # held by the router during each file operation
         self._load_retry_at = 0.0
+        self._reported = Reported()  # outlives each Sifter: reloads and idle unloads
         self._thread = threading.Thread(target=self._main, name="gensift-worker", daemon=True)
 
     # -- called from the service thread ----------------------------------------------------
@@ -250,7 +251,7 @@ class Worker:
     def _sifter(self, journal: Journal) -> Sifter:
         assert self._cascade is not None
         router = Router(self.settings.output, journal, self.run, guard=self._files)
-        return Sifter(self.settings, self._cascade, router)
+        return Sifter(self.settings, self._cascade, router, reported=self._reported)
 
     def _swap(self, journal: Journal) -> Sifter:
         with self._offer_lock:

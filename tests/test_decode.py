@@ -218,6 +218,19 @@ def test_a_missing_file_is_gone(tmp_path: Path) -> None:
     assert not result.inputs
 
 
+@pytest.mark.timeout(60)  # the bug this guards against is a read that never returns
+def test_a_fifo_or_a_folder_named_like_an_image_is_unreadable_without_opening_it(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block until something writes to it
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    for path in (fifo, folder):
+        result = _decoder()(path)
+        assert (result.status, result.note) == ("unreadable", "not a regular file")
+
+
 def test_formats_limit_what_decodes_whatever_the_name(tmp_path: Path) -> None:
     path = tmp_path / "actually_a.png"
     draw("keep", np.random.default_rng(3)).save(path, format="JPEG")
