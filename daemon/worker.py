@@ -11,8 +11,8 @@ makes them.
 Between batches, and only there, it swaps in a cascade the service loaded in
 the background (:meth:`Worker.offer`), drops its models after
 ``idle_unload_seconds`` without work, and sends the heartbeat. Stopping
-finishes the batch in flight; files still in the inbox are untouched, and the
-next start's scan finds them.
+finishes the batch in flight; files still in the inbox or in the batch that was
+decoding are untouched, and the next start's scan finds them.
 """
 
 from __future__ import annotations
@@ -171,10 +171,12 @@ class Worker:
                         sifter = self._reload(journal, paths)
                     if paths and sifter is not None:
                         inflight.append([(p, pool.submit(sifter.decoder, p)) for p in paths])
-                    if inflight:
+                    # A batch runs once the next one is decoding (or nothing more is waiting):
+                    # decoding overlaps inference, with at most two batches in memory.
+                    if inflight and (len(inflight) > 1 or not paths):
                         assert sifter is not None
                         self._process(journal, sifter, inflight.popleft())
-                    elif sifter is not None and self._idle():
+                    elif not inflight and sifter is not None and self._idle():
                         sifter = self._unload()
             finally:
                 for batch in inflight:  # decoded but not decided: the next start's scan
