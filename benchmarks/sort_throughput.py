@@ -19,6 +19,14 @@ the same files, with the same torch threads:
     models per image; for a shared frozen backbone it is the backbone once and
     both heads.
 
+The three are **interleaved** in ``--rounds`` rounds: each round times (a),
+(c) and (b) on its own share of the images, and each way's times are summed
+over the rounds. A shared or throttled machine can change speed by several
+times within the minutes one way takes on a CPU; interleaving makes that drift
+hit the three ways alike instead of deciding the ratios. (b) loads its
+checkpoints once per round, a cost counted against it. Each round prints its
+figures as it ends, so an interrupted run still says something.
+
 Scenarios: ``finetuned`` (two independently initialised models) and ``frozen``
 (both checkpoints carry identical backbone tensors, ``frozen_backbone`` set,
 equal ``backbone_digest``), as ``gensift train`` writes them. The heads are
@@ -30,7 +38,7 @@ fine-tuned stages, >= 2.5 with a shared frozen backbone. On CUDA the table also
 shows peak GPU memory per measurement.
 
     python benchmarks/sort_throughput.py [--count N] [--arch resnet50] [--device auto]
-        [--scenario both] [--dir DIR] [--json FILE] [--skip-sort]
+        [--scenario both] [--rounds 5] [--dir DIR] [--json FILE] [--skip-sort]
 
 Not run by CI. A measurement, not a test: exits 0 unless something fails.
 """
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import platform
 import shutil
@@ -113,11 +122,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, help="work folder (default: a new temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--skip-sort", action="store_true", help="measure only (a) and (c)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of (a), (c), (b) (default 5)"
+    )
     args = parser.parse_args(argv)
     if args.naive_count is None:
         args.naive_count = min(args.count, 100)
     if args.count < 1 or not 1 <= args.naive_count <= args.count:
         parser.error("need --count >= 1 and 1 <= --naive-count <= --count")
+    if not 1 <= args.rounds <= args.naive_count:
+        parser.error("need 1 <= --rounds <= --naive-count (each round times some of each way)")
     return args
 
 
@@ -412,26 +426,50 @@ def measure_sort(
 # -- one scenario, the table ---------------------------------------------------------------
 
 
+def shares(items: Sequence[Path], parts: int) -> list[Sequence[Path]]:
+    """``items`` cut into ``parts`` consecutive runs of nearly equal length."""
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
+    return [items[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def total(parts: Sequence[Measurement]) -> Measurement:
+    peaks = [m.peak_gpu_mib for m in parts if m.peak_gpu_mib is not None]
+    return Measurement(
+        sum(m.images for m in parts), sum(m.seconds for m in parts), max(peaks, default=None)
+    )
+
+
 def run_scenario(
     scenario: str, images: list[Path], work: Path, args: argparse.Namespace, device: torch.device
 ) -> ScenarioResult:
     folder = work / scenario
     checkpoints = write_checkpoints(folder / "models", scenario, args)
-    models = load_pair(checkpoints, device)
     preset = EvalPreset(args.image_size, IMAGENET)
-    print(f"[{scenario}] (a) naive on {args.naive_count} images ...", flush=True)
-    naive_result = measure_naive(images[: args.naive_count], models, preset, device)
-    print(f"[{scenario}] (c) ceiling on {len(images)} pre-decoded images ...", flush=True)
-    batches = decode_batches(images, preset, args.batch_size, device)
-    ceiling = measure_ceiling(batches, models, scenario == "frozen", args, device)
-    del models, batches
-    free_device(device)
-    sort_result, moved = None, None
-    if not args.skip_sort:
-        print(f"[{scenario}] (b) gensift sort on {len(images)} images ...", flush=True)
-        sort_result, moved = measure_sort(images, folder, checkpoints, args, device)
+    naive_results: list[Measurement] = []
+    ceilings: list[Measurement] = []
+    sorts: list[Measurement] = []
+    moved = 0
+    naive_images = images[: args.naive_count]
+    rounds = zip(shares(naive_images, args.rounds), shares(images, args.rounds), strict=True)
+    for i, (naive_share, share) in enumerate(rounds, start=1):
+        models = load_pair(checkpoints, device)
+        naive_results.append(measure_naive(naive_share, models, preset, device))
+        batches = decode_batches(share, preset, args.batch_size, device)
+        ceilings.append(measure_ceiling(batches, models, scenario == "frozen", args, device))
+        del models, batches
         free_device(device)
-    return ScenarioResult(scenario, naive_result, ceiling, sort_result, moved)
+        line = f"(a) {naive_results[-1].rate:.2f}, (c) {ceilings[-1].rate:.2f}"
+        if not args.skip_sort:
+            result, count = measure_sort(share, folder / f"round-{i}", checkpoints, args, device)
+            free_device(device)
+            sorts.append(result)
+            moved += count
+            line += f", (b) {result.rate:.2f}"
+        print(f"[{scenario}] round {i}/{args.rounds}: {line} images/s", flush=True)
+    sort_result = total(sorts) if sorts else None
+    return ScenarioResult(
+        scenario, total(naive_results), total(ceilings), sort_result, moved if sorts else None
+    )
 
 
 def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
