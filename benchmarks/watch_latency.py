@@ -234,18 +234,20 @@ def idle_cpu(daemon: Daemon, seconds: float) -> dict[str, Any]:
     finally:
         sleeper.proc.kill()
         sleeper.proc.wait()
-    per_thread = {
-        tid: (count - switches[0].get(tid, 0)) / seconds
-        for tid, count in switched[0].items()
-        if count != switches[0].get(tid, 0)
-    }
+    per_thread = wakeup_rates(switches[0], switched[0], seconds)
     return {
         "cpu_percent": (after[0] - before[0]) / seconds * 100,
         "sleeper_cpu_percent": (after[1] - before[1]) / seconds * 100,
         "wakeups_per_s": sum(per_thread.values()),
-        "sleeper_wakeups_per_s": (sum(switched[1].values()) - sum(switches[1].values())) / seconds,
+        "sleeper_wakeups_per_s": sum(wakeup_rates(switches[1], switched[1], seconds).values()),
         "wakeups_per_s_by_thread": dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
     }
+
+
+def wakeup_rates(before: dict[int, int], after: dict[int, int], seconds: float) -> dict[int, float]:
+    """Wake-ups per second of each thread that woke between two :func:`thread_wakeups`."""
+    rates = {tid: (count - before.get(tid, 0)) / seconds for tid, count in after.items()}
+    return {tid: rate for tid, rate in rates.items() if rate}
 
 
 def flood(daemon: Daemon, work: Path, images: list[Path], args: argparse.Namespace) -> dict:
