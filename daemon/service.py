@@ -191,35 +191,42 @@ class Daemon:
         settings = self.settings
         check_layout(settings)
         with JournalLock(settings.journal.path, "watch"), self._signals():
-            cascade = load_cascade(settings)
+            worker, serving = self._new_worker(load_cascade(settings))
             with Journal.open(settings.journal.path) as journal:
                 repaired = repair(journal)
-                return self._serve(journal, cascade, repaired)
+                return self._serve(journal, worker, serving, repaired)
 
-    def _serve(self, journal: Journal, cascade: Cascade, repaired: int) -> int:
-        settings = self.settings
+    def _new_worker(self, cascade: Cascade) -> tuple[Worker, str]:
+        """The worker, and what it serves. From here on the worker is the models' only owner:
+        a reference kept anywhere else (a local of :meth:`run`, say) would hold them in (GPU)
+        memory through every idle unload and every reload, for the daemon's whole life."""
         interval = self.notifier.watchdog_interval
-        worker = self.worker = Worker(
-            settings,
+        worker = Worker(
+            self.settings,
             cascade,
             self.arrivals,
             self.run_id,
             tick=min(WORKER_TICK_SECONDS, interval / 2) if interval else WORKER_TICK_SECONDS,
             heartbeat=self._heartbeat,
         )
+        return worker, cascade.predictor.describe()
+
+    def _serve(self, journal: Journal, worker: Worker, serving: str, repaired: int) -> int:
+        settings = self.settings
+        self.worker = worker
         reloader = Reloader(settings, worker)
         worker.start()
         self.watcher = self._new_watcher(settings)
         code = 1  # unless the loop ends normally
         try:
             self.watcher.start()
-            self._start_up(journal, cascade, repaired)
+            self._start_up(journal, serving, repaired)
             code = self._loop(journal, worker, reloader)
         finally:
             code = self._shutdown(worker, reloader, code)
         return code
 
-    def _start_up(self, journal: Journal, cascade: Cascade, repaired: int) -> None:
+    def _start_up(self, journal: Journal, serving: str, repaired: int) -> None:
         """The start-up scan, the start-up line, and READY."""
         settings = self.settings
         assert self.watcher is not None
@@ -233,7 +240,7 @@ class Daemon:
             settings.watch.settle_seconds,
             f"{settings.watch.rescan_seconds:g} s" if settings.watch.rescan_seconds else "never",
             settings.output.root,
-            cascade.predictor.describe(),
+            serving,
             settings.journal.path,
             f" ({repaired} interrupted operation(s) repaired)" if repaired else "",
             self.run_id,

@@ -165,6 +165,7 @@ class Worker:
                     self.heartbeat()
                     swapping = self._offer is not None
                     if swapping and not inflight:
+                        sifter = None  # the old models go before their memory is freed
                         sifter = self._swap(journal)
                     paths = [] if swapping else self._take(wait=not inflight)
                     if paths and sifter is None:
@@ -177,7 +178,8 @@ class Worker:
                         assert sifter is not None
                         self._process(journal, sifter, inflight.popleft())
                     elif not inflight and sifter is not None and self._idle():
-                        sifter = self._unload()
+                        sifter = None  # as in a swap: let go first, then free
+                        self._unload()
             finally:
                 for batch in inflight:  # decoded but not decided: the next start's scan
                     for path, future in batch:

@@ -5,10 +5,12 @@ The daemon-as-a-subprocess tests (signals, systemd, SIGKILL) are in test_watch_p
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,14 @@ from loguru import logger
 from sortkit import check_ledger, decisions, sha, write_config
 from watchkit import daemon_thread, drawn_files, recalibrated, wait_decided, wait_for
 
-from gensift.daemon.config import load_config
+from gensift.daemon import service
+from gensift.daemon.config import Settings, load_config
 from gensift.daemon.lock import JournalBusy, JournalLock
+from gensift.daemon.pipeline import Cascade, load_cascade
 from gensift.daemon.service import Daemon, tracking_capacity
 from gensift.daemon.sort import run_sort
 from gensift.models.checkpoint import read_checkpoint
+from gensift.models.predictor import Predictor
 
 
 @pytest.fixture
@@ -170,9 +175,20 @@ def test_files_already_there_are_decided_by_the_start_up_scan_and_only_once(
     assert len(sources) == len(set(sources)) == 11
 
 
-def test_idle_models_are_unloaded_and_loaded_again_for_the_next_file(
-    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+def test_idle_models_are_unloaded_freed_and_loaded_again_for_the_next_file(
+    tmp_path: Path,
+    models: tuple[Path, Path],
+    log_lines: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    started: list[weakref.ref[Predictor]] = []
+
+    def load_and_watch(settings: Settings) -> Cascade:
+        cascade = load_cascade(settings)
+        started.append(weakref.ref(cascade.predictor))
+        return cascade
+
+    monkeypatch.setattr(service, "load_cascade", load_and_watch)  # the start-up load only
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = write_config(tmp_path, *models, idle_unload_seconds=0.5)
@@ -180,6 +196,9 @@ def test_idle_models_are_unloaded_and_loaded_again_for_the_next_file(
     with daemon_thread(config) as daemon:
         assert daemon.worker is not None
         wait_for(lambda: not daemon.worker.loaded, what="the idle unload")  # type: ignore[union-attr]
+        # Unloaded means freed: nothing may still hold the models (on a GPU, their memory).
+        [predictor] = started
+        wait_for(lambda: gc.collect() >= 0 and predictor() is None, what="the models freed")
         drawn_files(inbox, 2)
         wait_decided(journal, 2)
     assert any("models loaded again" in line for line in log_lines)
