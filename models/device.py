@@ -47,3 +47,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """How logs name an :func:`autocast_dtype`: ``bfloat16``, ``float16`` or ``fp32``."""
+    return str(amp).removeprefix("torch.") if amp else "fp32"

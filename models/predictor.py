@@ -23,7 +23,7 @@ from tqdm import tqdm
 from gensift.models.backbones import Classifier
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
 from gensift.models.data import ImageDataset, Sample
-from gensift.models.device import autocast_dtype, resolve_device
+from gensift.models.device import autocast_dtype, precision_name, resolve_device
 from gensift.models.errors import InputError
 from gensift.models.presets import STAGES, EvalPreset, Normalization, Stage
 
@@ -183,7 +183,7 @@ class Predictor:
 
     def describe(self) -> str:
         parts = [f"{s.stage} {s.meta.arch} {s.meta.id} ({s.path})" for s in self.stages.values()]
-        precision = str(self.amp).removeprefix("torch.") if self.amp else "fp32"
+        precision = precision_name(self.amp)
         shared = ", one shared backbone pass" if self.shared_backbone else ""
         return f"{'; '.join(parts)}; device {self.device} {precision}{shared}"
 

@@ -64,7 +64,7 @@ from gensift.models.data import (
     scan_folder,
     stratified_split,
 )
-from gensift.models.device import autocast_dtype, resolve_device
+from gensift.models.device import autocast_dtype, precision_name, resolve_device
 from gensift.models.predictor import eval_loader, forward_batches
 from gensift.models.presets import EvalPreset, Stage, TrainPreset
 from gensift.models.report import EpochRecord, write_report
@@ -151,7 +151,7 @@ def train(opts: TrainOptions) -> TrainResult | None:
         model, init_note = _build_model(opts, len(scan.classes), scan.classes)
         if ddp.main:
             logger.info(
-                "training {} stage: {} classes ({}), {} train / {} val images, {}{} on {}{}",
+                "training {} stage: {} classes ({}), {} train / {} val images, {}{} on {} {}{}",
                 opts.stage,
                 len(scan.classes),
                 ", ".join(f"{k}={v}" for k, v in scan.counts().items()),
@@ -160,6 +160,7 @@ def train(opts: TrainOptions) -> TrainResult | None:
                 opts.arch,
                 init_note,
                 device,
+                precision_name(autocast_dtype(device)),
                 f", {ddp.world} processes" if ddp.world > 1 else "",
             )
         trainer = _Trainer(opts, ddp, device, model, scan.classes, train_samples, val_samples)
