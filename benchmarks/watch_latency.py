@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flood", type=int, default=10_000, help="images arriving at once")
     parser.add_argument("--flood-seconds", type=float, default=600.0)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=50.0,
+        help="inference.max_wait_ms: how long a lone file waits for company (default 50)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, help="work folder (default: a new temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -89,7 +95,7 @@ class Daemon:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
-    def wakeups(self) -> dict[int, int]:
+    def wakeups(self) -> dict[str, int]:
         return thread_wakeups(self.proc.pid)
 
     def peak_rss_mib(self) -> float:
@@ -114,6 +120,7 @@ root = {json.dumps(str(work / "sorted"))}
 [inference]
 device = {json.dumps(args.device)}
 batch_size = {args.batch_size}
+max_wait_ms = {args.max_wait_ms}
 [stages.quality]
 checkpoint = {json.dumps(str(checkpoints[0]))}
 [stages.feature]
@@ -196,11 +203,13 @@ def steady_latency(daemon_dir: Path, images: list[Path], args: argparse.Namespac
 SLEEPER = "import threading\ne = threading.Event()\nwhile True:\n    e.wait(1.0)\n"
 
 
-def thread_wakeups(pid: int) -> dict[int, int]:
-    """Wake-ups so far of each thread of ``pid``, by thread id.
+def thread_wakeups(pid: int) -> dict[str, int]:
+    """Wake-ups so far of each thread of ``pid``, by ``"TID name"``.
 
     A thread's voluntary context switches: each is a time it blocked (on a timer, a
     lock, a read), so each is followed by one wake-up. Preemptions are not counted.
+    The name is the kernel's (``comm``): Python threads carry the program's name,
+    threads started by native libraries (CUDA's, torch's) their own.
     """
     counts = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -208,10 +217,10 @@ def thread_wakeups(pid: int) -> dict[int, int]:
             status = (task / "status").read_text().splitlines()
         except FileNotFoundError:  # the thread ended while we read
             continue
-        for line in status:
-            key, _, value = line.partition(":")
-            if key == "voluntary_ctxt_switches":
-                counts[int(task.name)] = int(value)
+        fields = dict(line.partition(":")[::2] for line in status)
+        if "voluntary_ctxt_switches" in fields:
+            label = f"{task.name} {fields.get('Name', '?').strip()}"
+            counts[label] = int(fields["voluntary_ctxt_switches"])
     return counts
 
 
@@ -219,9 +228,10 @@ def idle_cpu(daemon: Daemon, seconds: float) -> dict[str, Any]:
     """The daemon's idle cost over ``seconds``, beside a do-nothing Python process.
 
     CPU % of one core for each, and wake-ups per second: the daemon's in all and per
-    thread (by thread id; ``py-spy dump --pid PID`` names them). Wake-ups are the figure
-    that does not depend on the machine: some virtual machines charge each wake-up of a
-    sleeping process tens of milliseconds, so there the CPU % mostly counts wake-ups.
+    thread (by thread id and kernel name; ``py-spy dump --pid PID`` tells the Python ones
+    apart). Wake-ups are the figure that does not depend on the machine: some virtual
+    machines charge each wake-up of a sleeping process tens of milliseconds, so there the
+    CPU % mostly counts wake-ups.
     """
     sleeper = Daemon(subprocess.Popen([sys.executable, "-c", SLEEPER]), daemon.log)
     try:
@@ -244,7 +254,7 @@ def idle_cpu(daemon: Daemon, seconds: float) -> dict[str, Any]:
     }
 
 
-def wakeup_rates(before: dict[int, int], after: dict[int, int], seconds: float) -> dict[int, float]:
+def wakeup_rates(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
     """Wake-ups per second of each thread that woke between two :func:`thread_wakeups`."""
     rates = {tid: (count - before.get(tid, 0)) / seconds for tid, count in after.items()}
     return {tid: rate for tid, rate in rates.items() if rate}
@@ -320,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"idle: {idle['cpu_percent']:.2f} % of one core, {idle['wakeups_per_s']:.1f} "
             f"wake-ups/s (a Python process that only waits: {idle['sleeper_cpu_percent']:.2f} %, "
-            f"{idle['sleeper_wakeups_per_s']:.1f} wake-ups/s); by thread id: "
+            f"{idle['sleeper_wakeups_per_s']:.1f} wake-ups/s); by thread: "
             f"{idle['wakeups_per_s_by_thread']}",
             flush=True,
         )
