@@ -40,13 +40,43 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
 
-    ``auto`` is bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere.
+    ``auto`` is bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere:
+    the CPU stays exact unless asked. An explicit ``bf16`` also runs on the CPU, where a
+    processor with bf16 instructions (AVX512-BF16, AMX, Arm BF16) runs it about twice
+    as fast as fp32; ``fp16`` there, and any reduced precision on MPS, runs fp32
+    (:func:`precision_warning` says so).
     """
-    if precision == "fp32" or device.type != "cuda":
+    if precision == "fp32":
         return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+    if device.type == "cuda":
+        if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "cpu" and precision == "bf16":
         return torch.bfloat16
-    return torch.float16
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions oneDNN uses (False when torch cannot tell)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """Why ``precision`` on ``device`` is not what a user asking for it would get, or None."""
+    amp = autocast_dtype(device, precision)
+    if precision in ("fp16", "bf16") and amp is None:
+        faster = "; bf16 is the CPU's faster precision" if device.type == "cpu" else ""
+        return f"precision {precision} is not used on {device.type}: running fp32{faster}"
+    if device.type == "cpu" and amp is torch.bfloat16 and not cpu_has_bf16():
+        return (
+            "precision bf16: this CPU has no bf16 instructions, so bf16 runs slower than "
+            'fp32 here; set inference.precision = "fp32"'
+        )
+    return None
 
 
 def precision_name(amp: torch.dtype | None) -> str:

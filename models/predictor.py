@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from loguru import logger
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -23,7 +24,12 @@ from tqdm import tqdm
 from gensift.models.backbones import Classifier
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
 from gensift.models.data import ImageDataset, Sample
-from gensift.models.device import autocast_dtype, precision_name, resolve_device
+from gensift.models.device import (
+    autocast_dtype,
+    precision_name,
+    precision_warning,
+    resolve_device,
+)
 from gensift.models.errors import InputError
 from gensift.models.presets import STAGES, EvalPreset, Normalization, Stage
 
@@ -161,6 +167,8 @@ class Predictor:
         ``share_backbone=False`` runs two full models even where one backbone would do.
         """
         torch_device = resolve_device(device)
+        if note := precision_warning(torch_device, precision):
+            logger.warning("{}", note)
         loaded: dict[Stage, tuple[Path, Classifier, CheckpointMeta]] = {}
         for stage in STAGES:
             path = checkpoints.get(stage)

@@ -75,3 +75,42 @@ def test_feature_stage_runs_only_on_images_quality_let_through(
     assert all("quality" in r for r in results)
     nothing = predictor.predict(inputs, lambda probs: False)
     assert all("feature" not in r for r in nothing)
+
+
+def test_bf16_runs_on_the_cpu_only_when_asked_and_gives_the_fp32_answers(
+    frozen_pair: tuple[Path, Path], trained_quality: Path
+) -> None:
+    checkpoints = {"quality": trained_quality, "feature": frozen_pair[1]}
+    exact = Predictor.load(checkpoints, device="cpu")  # precision auto: fp32 on the CPU
+    fast = Predictor.load(checkpoints, device="cpu", precision="bf16")
+    assert exact.amp is None and "cpu fp32" in exact.describe()
+    assert fast.amp is torch.bfloat16 and "cpu bfloat16" in fast.describe()
+
+    inputs, _ = _batch(exact)
+    a = exact.predict(inputs, lambda probs: True)
+    b = fast.predict(inputs, lambda probs: True)
+    gaps = [
+        abs(x[stage][c] - y[stage][c])
+        for x, y in zip(a, b, strict=True)
+        for stage in ("quality", "feature")
+        for c in x[stage]
+    ]
+    assert max(gaps) <= 0.05, gaps  # the tolerance test_cuda.py allows bf16 on a GPU
+    assert max(gaps) > 0, "bf16 gave fp32's exact answers: it did not run in bf16"
+
+
+def test_a_precision_the_device_cannot_use_runs_fp32_and_says_so(
+    trained_quality: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = Predictor.load({"quality": trained_quality}, device="cpu", precision="fp16")
+    assert predictor.amp is None
+    assert "precision fp16 is not used on cpu: running fp32" in capsys.readouterr().err
+
+    # bf16 on a CPU without bf16 instructions still runs (correctly, slowly), with a warning
+    monkeypatch.setattr("gensift.models.device.cpu_has_bf16", lambda: False)
+    predictor = Predictor.load({"quality": trained_quality}, device="cpu", precision="bf16")
+    assert predictor.amp is torch.bfloat16
+    assert "this CPU has no bf16 instructions" in capsys.readouterr().err
+
+    Predictor.load({"quality": trained_quality}, device="cpu", precision="fp32")
+    assert "precision" not in capsys.readouterr().err
