@@ -19,6 +19,11 @@ the same files, with the same torch threads:
     models per image; for a shared frozen backbone it is the backbone once and
     both heads.
 
+``--precision`` sets what (b) and (c) run at; (a) is always fp32, as the
+original scripts were. ``auto`` is fp32 on the CPU; ``--precision bf16`` shows
+what a user who sets ``inference.precision = "bf16"`` gets on a CPU with bf16
+instructions (the environment line says whether this one has them).
+
 The three are **interleaved** in ``--rounds`` rounds: each round times (a),
 (c) and (b) on its own share of the images, and each way's times are summed
 over the rounds. A shared or throttled machine can change speed by several
@@ -38,7 +43,8 @@ fine-tuned stages, >= 2.5 with a shared frozen backbone. On CUDA the table also
 shows peak GPU memory per measurement.
 
     python benchmarks/sort_throughput.py [--count N] [--arch resnet50] [--device auto]
-        [--scenario both] [--rounds 5] [--dir DIR] [--json FILE] [--skip-sort]
+        [--precision auto] [--scenario both] [--rounds 5] [--dir DIR] [--json FILE]
+        [--skip-sort]
 
 Not run by CI. A measurement, not a test: exits 0 unless something fails.
 """
@@ -66,7 +72,7 @@ from PIL import Image
 from gensift.models.backbones import Classifier, backbone_digest, build_classifier
 from gensift.models.calibrate import DEFAULT_TARGET_PRECISION
 from gensift.models.checkpoint import CheckpointMeta, load_classifier, save_checkpoint
-from gensift.models.device import autocast_dtype, resolve_device
+from gensift.models.device import autocast_dtype, cpu_has_bf16, resolve_device
 from gensift.models.presets import IMAGENET, EvalPreset, open_rgb
 
 QUALITY_CLASSES = ["keep", "reject"]
@@ -487,6 +493,8 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        env["cpu_bf16_instructions"] = cpu_has_bf16()
     return env
 
 
