@@ -93,12 +93,19 @@ def wanted(path: Path, patterns: Sequence[str]) -> bool:
 
 
 def discover(
-    roots: Iterable[Path], patterns: Sequence[str], *, recursive: bool, exclude: Sequence[Path]
+    roots: Iterable[Path],
+    patterns: Sequence[str],
+    *,
+    recursive: bool,
+    exclude: Sequence[Path],
+    reported: Reported | None = None,
 ) -> list[Path]:
     """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``.
 
     Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole, so a
     file costs no system call of its own: the daemon rescans with this every few minutes.
+    A folder that cannot be listed is skipped with a WARNING; with ``reported`` (the
+    daemon's, kept across rescans) the same failure again is only a DEBUG line.
     """
     excluded = [real_path(e) for e in exclude]
     found: set[Path] = set()
@@ -107,14 +114,20 @@ def discover(
             if not root.is_symlink() and wanted(root, patterns) and not is_excluded(root, excluded):
                 found.add(root.absolute())
         elif root.is_dir():
-            found.update(_files_under(root.absolute(), patterns, recursive, excluded))
+            found.update(
+                _files_under(root.absolute(), patterns, recursive, excluded, reported or Reported())
+            )
         else:
             raise InputError(f"{root}: no such file or folder")
     return sorted(found)
 
 
 def _files_under(
-    root: Path, patterns: Sequence[str], recursive: bool, excluded: Sequence[Path]
+    root: Path,
+    patterns: Sequence[str],
+    recursive: bool,
+    excluded: Sequence[Path],
+    reported: Reported,
 ) -> Iterator[Path]:
     folders = [root]
     while folders:
@@ -124,8 +137,11 @@ def _files_under(
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            logger.warning("{}: cannot list this folder ({}); skipped", folder, exc.strerror)
+            note = f"cannot list this folder ({exc.strerror or exc})"
+            level = reported.level(folder, note, first="WARNING")
+            logger.log(level, "{}: {}; skipped", folder, note)
             continue
+        reported.forget(folder)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if recursive:
@@ -164,26 +180,28 @@ def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]
 
 
 class Reported:
-    """The problems already logged at ERROR, by path.
+    """The problems already logged, by path.
 
-    A file the daemon cannot read (or cannot move) is tried again at every rescan; the
-    first failure is an ERROR, the same failure again only a DEBUG line, so a file that
-    stays unreadable for weeks does not fill the log. A different failure, or the same one
-    after the file was decided, is an ERROR again. Past ``limit`` paths it starts over.
+    A file the daemon cannot read (or cannot move), or a folder it cannot list, is tried
+    again at every rescan; the first failure is logged at its level (ERROR for a file,
+    WARNING for a folder), the same failure again only at DEBUG, so one that stays for
+    weeks does not fill the log. A different failure, or the same one after the file was
+    decided or the folder listed, is logged in full again. Past ``limit`` paths it starts
+    over.
     """
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self._notes: dict[Path, str] = {}
 
-    def level(self, path: Path, note: str) -> str:
-        """The log level for ``note`` about ``path``: ERROR the first time, then DEBUG."""
+    def level(self, path: Path, note: str, first: str = "ERROR") -> str:
+        """The log level for ``note`` about ``path``: ``first`` the first time, then DEBUG."""
         if self._notes.get(path) == note:
             return "DEBUG"
         if len(self._notes) >= self.limit:
             self._notes.clear()
         self._notes[path] = note
-        return "ERROR"
+        return first
 
     def forget(self, path: Path) -> None:
         self._notes.pop(path, None)

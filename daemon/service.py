@@ -36,7 +36,7 @@ from gensift.daemon.layout import check_layout, exclusions, watched_roots
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.logs import setup_logging
 from gensift.daemon.notify import SystemdNotifier
-from gensift.daemon.pipeline import Cascade, discover, load_cascade
+from gensift.daemon.pipeline import Cascade, Reported, discover, load_cascade
 from gensift.daemon.router import repair
 from gensift.daemon.sort import WATCH_RUN, new_run_id
 from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
@@ -171,6 +171,7 @@ class Daemon:
         self._loop_beat = time.monotonic()
         self._last_ping = 0.0
         self._catch_up = False
+        self._unlisted = Reported()  # folders a scan could not list: warned about once
         self.worker: Worker | None = None
         self.watcher: Watcher | None = None
         self.ready = threading.Event()  # set once READY was reported (tests wait on it)
@@ -344,6 +345,7 @@ class Daemon:
                 settings.watch.patterns,
                 recursive=settings.watch.recursive,
                 exclude=exclusions(settings),
+                reported=self._unlisted,
             )
         except OSError as exc:
             logger.error("scan of {} failed: {}; tried again at the next rescan", roots, exc)

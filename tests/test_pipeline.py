@@ -1,10 +1,13 @@
-"""The pipeline ``sort`` and ``watch`` share (Sifter), on real files: what it says about
-files it cannot handle. The daemon tries such a file again at every rescan for as long as
-it runs, so the log must say so once, not every few minutes for weeks."""
+"""The pipeline ``sort`` and ``watch`` share (Sifter, discover), on real files: what it
+says about files it cannot handle and folders it cannot list. The daemon tries them again
+at every rescan for as long as it runs, so the log must say so once, not every few
+minutes for weeks."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from sortkit import write_config
 
 from gensift.daemon.config import Settings, load_config
 from gensift.daemon.journal import Journal
-from gensift.daemon.pipeline import Cascade, Reported, Sifter, load_cascade
+from gensift.daemon.pipeline import Cascade, Reported, Sifter, discover, load_cascade
 from gensift.daemon.router import Outcome, Router
 
 
@@ -88,3 +91,46 @@ def test_a_failed_move_is_an_error_once_and_again_after_the_file_is_decided(
     assert _levels(log_lines, "a.png") == ["ERROR", "DEBUG", "INFO"]
     # decided, so forgotten: the same failure on the same path is news again
     assert reported.level(image, failed[0].note) == "ERROR"
+
+
+def _too_deep(parent: Path, name_length: int = 250) -> Path:
+    """A real folder under ``parent`` whose path is longer than the system may pass
+    (PATH_MAX): listing it fails with ENAMETOOLONG, even for root, for whom no permission
+    bit makes a folder unlistable. Built one level at a time through directory handles."""
+    name = "d" * name_length
+    path, fd = parent, os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(os.fsencode(path)) < os.pathconf(parent, "PC_PATH_MAX"):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = child, path / name
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_a_folder_that_stays_unlistable_is_a_warning_once_per_failure(
+    tmp_path: Path, log_lines: list[tuple[str, str]]
+) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    draw("keep", np.random.default_rng(0)).save(inbox / "sub" / "a.png")
+    deep = _too_deep(inbox)
+    with pytest.raises(OSError) as listing:
+        os.scandir(deep)
+    assert listing.value.errno == errno.ENAMETOOLONG
+
+    reported = Reported()  # the daemon's: it outlives each rescan
+    scans = [discover([inbox], ["*.png"], recursive=True, exclude=[], reported=reported)]
+    scans.append(discover([inbox], ["*.png"], recursive=True, exclude=[], reported=reported))
+    assert scans == [[inbox / "sub" / "a.png"]] * 2  # the rest of the tree is still found
+    unlisted = [(lvl, msg) for lvl, msg in log_lines if "cannot list this folder" in msg]
+    assert [lvl for lvl, _ in unlisted] == ["WARNING", "DEBUG"]
+    assert unlisted[0][1].startswith(f"{deep}: cannot list this folder (File name too long)")
+
+    # gensift sort keeps no memory across runs: each run says it once
+    log_lines.clear()
+    discover([inbox], ["*.png"], recursive=True, exclude=[])
+    assert [lvl for lvl, m in log_lines if "cannot list this folder" in m] == ["WARNING"]
+    shutil.rmtree(inbox)  # walks by directory handle: no path is too long for it
