@@ -27,7 +27,7 @@ subprocess, and measures three things in one run:
 Targets (ResNet-50 stages on this CPU): latency p50 <= 300 ms, idle CPU < 1 % of
 one core, peak RSS <= 2 GiB; on a GPU, p50 <= 50 ms.
 
-    python benchmarks/watch_latency.py [--device cpu] [--rate 5] [--seconds 60]
+    python benchmarks/watch_latency.py [--device cpu] [--precision auto] [--rate 5] [--seconds 60]
         [--idle-seconds 60] [--flood 10000] [--dir DIR] [--json FILE]
 
 Linux only (it reads /proc). Not run by CI. A measurement, not a test.
@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512, help="generated image side")
     parser.add_argument("--images", type=int, default=40, help="distinct images to draw")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="inference.precision for the daemon; the baseline is always fp32 (default auto)",
+    )
     parser.add_argument("--scenario", choices=["finetuned", "frozen"], default="finetuned")
     parser.add_argument("--rate", type=float, default=5.0, help="images per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the steady run")
@@ -119,6 +125,7 @@ rescan_seconds = 300
 root = {json.dumps(str(work / "sorted"))}
 [inference]
 device = {json.dumps(args.device)}
+precision = {json.dumps(args.precision)}
 batch_size = {args.batch_size}
 max_wait_ms = {args.max_wait_ms}
 [stages.quality]
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "arch": args.arch,
         "scenario": args.scenario,
+        "precision": args.precision,
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "baseline_naive_ms": baseline,
