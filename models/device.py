@@ -69,12 +69,12 @@ def precision_warning(device: torch.device, precision: str) -> str | None:
     """Why ``precision`` on ``device`` is not what a user asking for it would get, or None."""
     amp = autocast_dtype(device, precision)
     if precision in ("fp16", "bf16") and amp is None:
-        faster = "; bf16 is the CPU's faster precision" if device.type == "cpu" else ""
-        return f"precision {precision} is not used on {device.type}: running fp32{faster}"
+        faster = " (on a CPU, bf16 is the faster precision)" if device.type == "cpu" else ""
+        return f"inference.precision {precision} is not used on {device.type}: running fp32{faster}"
     if device.type == "cpu" and amp is torch.bfloat16 and not cpu_has_bf16():
         return (
-            "precision bf16: this CPU has no bf16 instructions, so bf16 runs slower than "
-            'fp32 here; set inference.precision = "fp32"'
+            "inference.precision bf16: this CPU has no bf16 instructions, so bf16 runs "
+            'slower than fp32 here; set inference.precision = "fp32"'
         )
     return None
 
