@@ -108,15 +108,14 @@ def discover(
     daemon's, kept across rescans) the same failure again is only a DEBUG line.
     """
     excluded = [real_path(e) for e in exclude]
+    unlisted = reported if reported is not None else Reported()
     found: set[Path] = set()
     for root in roots:
         if root.is_file():
             if not root.is_symlink() and wanted(root, patterns) and not is_excluded(root, excluded):
                 found.add(root.absolute())
         elif root.is_dir():
-            found.update(
-                _files_under(root.absolute(), patterns, recursive, excluded, reported or Reported())
-            )
+            found.update(_files_under(root.absolute(), patterns, recursive, excluded, unlisted))
         else:
             raise InputError(f"{root}: no such file or folder")
     return sorted(found)

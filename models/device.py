@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 
 import torch
@@ -58,8 +59,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 instructions oneDNN uses (False when torch cannot tell)."""
+    """Whether this CPU has bf16 instructions: AVX512-BF16 or AMX on x86, BF16 on Arm.
+
+    False when torch cannot tell. On x86 oneDNN's own check is not used: it says yes for
+    any AVX-512 CPU, where bf16 is emulated and slower than fp32.
+    """
     try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            cpu = torch.cpu
+            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
@@ -69,7 +77,7 @@ def precision_warning(device: torch.device, precision: str) -> str | None:
     """Why ``precision`` on ``device`` is not what a user asking for it would get, or None."""
     amp = autocast_dtype(device, precision)
     if precision in ("fp16", "bf16") and amp is None:
-        faster = " (on a CPU, bf16 is the faster precision)" if device.type == "cpu" else ""
+        faster = " (this CPU runs bf16 faster)" if device.type == "cpu" and cpu_has_bf16() else ""
         return f"inference.precision {precision} is not used on {device.type}: running fp32{faster}"
     if device.type == "cpu" and amp is torch.bfloat16 and not cpu_has_bf16():
         return (

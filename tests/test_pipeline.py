@@ -16,6 +16,7 @@ import pytest
 from conftest import draw
 from loguru import logger
 from sortkit import write_config
+from watchkit import too_deep
 
 from gensift.daemon.config import Settings, load_config
 from gensift.daemon.journal import Journal
@@ -93,30 +94,13 @@ def test_a_failed_move_is_an_error_once_and_again_after_the_file_is_decided(
     assert reported.level(image, failed[0].note) == "ERROR"
 
 
-def _too_deep(parent: Path, name_length: int = 250) -> Path:
-    """A real folder under ``parent`` whose path is longer than the system may pass
-    (PATH_MAX): listing it fails with ENAMETOOLONG, even for root, for whom no permission
-    bit makes a folder unlistable. Built one level at a time through directory handles."""
-    name = "d" * name_length
-    path, fd = parent, os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        while len(os.fsencode(path)) < os.pathconf(parent, "PC_PATH_MAX"):
-            os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd, path = child, path / name
-    finally:
-        os.close(fd)
-    return path
-
-
 def test_a_folder_that_stays_unlistable_is_a_warning_once_per_failure(
     tmp_path: Path, log_lines: list[tuple[str, str]]
 ) -> None:
     inbox = tmp_path / "inbox"
     (inbox / "sub").mkdir(parents=True)
     draw("keep", np.random.default_rng(0)).save(inbox / "sub" / "a.png")
-    deep = _too_deep(inbox)
+    deep = too_deep(inbox)
     with pytest.raises(OSError) as listing:
         os.scandir(deep)
     assert listing.value.errno == errno.ENAMETOOLONG

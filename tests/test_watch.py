@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from loguru import logger
 from sortkit import check_ledger, decisions, sha, write_config
-from watchkit import daemon_thread, drawn_files, recalibrated, wait_decided, wait_for
+from watchkit import (
+    daemon_thread,
+    drawn_files,
+    recalibrated,
+    too_deep,
+    wait_decided,
+    wait_for,
+)
 
 from gensift.daemon import service
 from gensift.daemon.config import Settings, load_config
@@ -139,6 +146,33 @@ def test_a_file_the_observer_never_reported_is_found_by_the_periodic_rescan(
         rows = wait_decided(journal, 1)
     assert rows[0].source.parent == inbox
     assert any("rescan: 1 undecided file" in line for line in log_lines)
+
+
+def test_a_folder_no_rescan_can_list_is_a_warning_once_for_the_daemons_life(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    deep = too_deep(inbox)  # its path is over PATH_MAX: listing it fails, even for root
+    config = write_config(tmp_path, *models, rescan_seconds=0.5)
+    seen: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: seen.append((m.record["level"].name, m.record["message"])), level="DEBUG"
+    )
+    try:
+        with daemon_thread(config):
+            drawn_files(inbox, 1)  # the rest of the folder is still sifted
+            wait_decided(tmp_path / "journal.sqlite3", 1)
+
+            def unlisted() -> list[str]:
+                return [lvl for lvl, msg in seen if msg.startswith(f"{deep}: cannot list")]
+
+            wait_for(lambda: len(unlisted()) >= 3, what="the start-up scan and two rescans")
+    finally:
+        logger.remove(sink)
+        shutil.rmtree(inbox)  # walks by directory handle: no path is too long for it
+    assert unlisted()[0] == "WARNING"
+    assert set(unlisted()[1:]) == {"DEBUG"}
 
 
 def test_a_watched_folder_reached_through_a_symlink_is_watched(

@@ -1,9 +1,11 @@
 """Helpers for the ``gensift watch`` tests: bounded waits, the daemon in a thread, a stand-in
-for systemd's notify socket, and drawn images written the ways generators write them."""
+for systemd's notify socket, drawn images written the ways generators write them, and a
+folder no scan can list."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import threading
@@ -105,6 +107,23 @@ def daemon_thread(config: Path) -> Iterator[Daemon]:
         thread.join(60)
     assert not errors, errors
     assert codes == [0]
+
+
+def too_deep(parent: Path, name_length: int = 250) -> Path:
+    """A real folder under ``parent`` whose path is longer than the system may pass
+    (PATH_MAX): listing it fails with ENAMETOOLONG, even for root, for whom no permission
+    bit makes a folder unlistable. Built one level at a time through directory handles."""
+    name = "d" * name_length
+    path, fd = parent, os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(os.fsencode(path)) < os.pathconf(parent, "PC_PATH_MAX"):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = child, path / name
+    finally:
+        os.close(fd)
+    return path
 
 
 class NotifySocket:
