@@ -538,10 +538,12 @@ def format_per_class_table(metrics: Mapping[str, Any]) -> str:
 
 
 def _operating_point(entry: Mapping[str, Any]) -> str:
-    text = (
-        f"threshold {_num(entry.get('threshold'))}  precision {_num(entry.get('precision'))}"
-        f"  coverage {_num(entry.get('coverage'))}"
-    )
+    text = f"threshold {_num(entry.get('threshold'))}  precision {_num(entry.get('precision'))}"
+    if "precision_lower" in entry:
+        text += (
+            f" (95 % bound {_num(entry.get('precision_lower'))}, {entry.get('count', 0)} images)"
+        )
+    text += f"  coverage {_num(entry.get('coverage'))}"
     if "recall" in entry:
         text += f"  recall {_num(entry.get('recall'))}"
     return text
@@ -550,10 +552,8 @@ def _operating_point(entry: Mapping[str, Any]) -> str:
 def _threshold_summary(name: str, entry: Mapping[str, Any]) -> list[str]:
     lines = [f"{name}: {_operating_point(entry)}"]
     if not entry.get("reached", True):
-        lines.append(
-            "    target not reached on validation data; "
-            f"using threshold {_num(entry.get('threshold'))} instead"
-        )
+        why = entry.get("why") or "no threshold reached it on the calibration images"
+        lines.append(f"    target not reached: {why}; the stage does not act with threshold = auto")
     return lines
 
 
@@ -562,10 +562,14 @@ def _threshold_rows(entry: Mapping[str, Any]) -> list[str]:
     if not table:
         return []
     chosen = entry.get("threshold")
-    columns = ["threshold", "precision", "coverage"]
+    columns = ["threshold", "precision"]
+    if any("precision_lower" in row for row in table):
+        columns.append("precision_lower")
+    columns.append("coverage")
     if any("recall" in row for row in table):
         columns.append("recall")
-    rows = [[*columns, "count", ""]]
+    headers = ["bound" if c == "precision_lower" else c for c in columns]
+    rows = [[*headers, "count", ""]]
     for row in table:
         count = row.get("count")
         mark = "<- chosen" if chosen is not None and row.get("threshold") == chosen else ""
@@ -584,7 +588,9 @@ def format_threshold_table(thresholds: Mapping[str, Any]) -> str:
     """
     header = (
         f"thresholds for target precision {_num(thresholds.get('target_precision'))} "
-        "(coverage = share of this class's predictions at or above the threshold)"
+        "(bound = exact 95 % lower bound of precision on count images; a threshold is chosen "
+        f"only where the bound reaches the target on at least {thresholds.get('min_count', 1)}; "
+        "coverage = share of this class's predictions at or above the threshold)"
     )
     lines = [header]
     classes: Mapping[str, Any] = thresholds.get("classes") or {}

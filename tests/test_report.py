@@ -301,7 +301,8 @@ def test_threshold_table_explains_each_class() -> None:
     assert "a: threshold 0.710  precision 0.960  coverage 0.830" in text
     b_line = text.splitlines().index("b: threshold 0.900  precision 0.800  coverage 0.100")
     assert text.splitlines()[b_line + 1].strip() == (
-        "target not reached on validation data; using threshold 0.900 instead"
+        "target not reached: no threshold reached it on the calibration images; "
+        "the stage does not act with threshold = auto"
     )
     assert "target not reached" not in text.split("b: threshold")[0]  # "a" reached its target
     assert "<- chosen" in text
