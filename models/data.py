@@ -7,6 +7,7 @@ up front and skipped rather than failing an epoch hours into training.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -22,11 +23,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gensift.models.errors import InputError
+from gensift.models.groups import generation_key, group_ids, perceptual_hash
 from gensift.models.presets import open_rgb
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 #: max/min class count above which the user is warned about imbalance
-IMBALANCE_WARNING_RATIO = 5.0
+IMBALANCE_LIMIT = 10.0
+#: a class with fewer examples gets a warning before training
+FEW_PER_CLASS = 30
+#: from scratch on fewer images gets a warning before training
+FEW_FOR_SCRATCH = 2000
 
 _WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
 _FORBIDDEN_CHARS = set('/\\:*?"<>|')
@@ -79,6 +85,17 @@ class Sample:
     label: int
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What one decode of an example image tells: its size, content and generation."""
+
+    width: int
+    height: int
+    sha256: str
+    phash: int
+    generation: str | None  # generation parameters' key (see groups.py), if written
+
+
 @dataclass
 class FolderScan:
     """What was found under a class-folder root."""
@@ -87,6 +104,7 @@ class FolderScan:
     classes: list[str]
     samples: list[Sample]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    info: dict[Path, ImageInfo] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
@@ -101,12 +119,19 @@ class FolderScan:
         return h.hexdigest()[:16]
 
 
-def _image_problem(path: Path) -> str | None:
+def _inspect(path: Path) -> ImageInfo | str:
+    """Decode ``path`` once: its :class:`ImageInfo`, or why it cannot be used."""
     try:
-        open_rgb(path, 64)
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            generation = generation_key(img)
+        rgb = open_rgb(io.BytesIO(data), 64)
+        return ImageInfo(
+            width, height, hashlib.sha256(data).hexdigest(), perceptual_hash(rgb), generation
+        )
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip and report"
         return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def scan_folder(
@@ -141,56 +166,166 @@ def scan_folder(
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     ]
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        problems = list(pool.map(lambda s: _image_problem(s.path), candidates))
-    samples, skipped = [], []
-    for sample, problem in zip(candidates, problems, strict=True):
-        if problem is None:
+        inspected = list(pool.map(lambda s: _inspect(s.path), candidates))
+    samples, skipped, info = [], [], {}
+    for sample, result in zip(candidates, inspected, strict=True):
+        if isinstance(result, ImageInfo):
             samples.append(sample)
+            info[sample.path] = result
         else:
-            logger.warning("skipping unreadable image {}: {}", sample.path, problem)
-            skipped.append((sample.path, problem))
-    scan = FolderScan(root, list(classes), samples, skipped)
-    _check_counts(scan)
-    return scan
+            logger.warning("skipping unreadable image {}: {}", sample.path, result)
+            skipped.append((sample.path, result))
+    if not samples:
+        raise DatasetError(f"{root}: no readable images (png, jpg, jpeg, webp) found")
+    return FolderScan(root, list(classes), samples, skipped, info)
 
 
-def _check_counts(scan: FolderScan) -> None:
+def data_warnings(scan: FolderScan, image_size: int, from_scratch: bool) -> list[str]:
+    """What this training set cannot support, each naming the fix (logged by training)."""
+    warnings = []
     counts = scan.counts()
-    if not scan.samples:
-        raise DatasetError(f"{scan.root}: no readable images (png, jpg, jpeg, webp) found")
+    small = {k: v for k, v in counts.items() if v < FEW_PER_CLASS}
+    if small:
+        warnings.append(
+            f"{scan.root}: fewer than {FEW_PER_CLASS} images in "
+            + ", ".join(f"{k} ({v})" for k, v in small.items())
+            + ": too few to learn from or to show a threshold is safe; add examples, or train "
+            "only a head (--freeze-backbone) on pretrained weights"
+        )
     present = {k: v for k, v in counts.items() if v}
-    if len(present) > 1:
-        ratio = max(present.values()) / min(present.values())
-        if ratio >= IMBALANCE_WARNING_RATIO:
-            logger.warning(
-                "{}: classes are strongly imbalanced ({}); training weights the loss by class "
-                "frequency, but more examples of the small classes would help",
-                scan.root,
-                ", ".join(f"{k}={v}" for k, v in counts.items()),
-            )
+    if len(present) > 1 and max(present.values()) / min(present.values()) > IMBALANCE_LIMIT:
+        warnings.append(
+            f"{scan.root}: classes are imbalanced beyond {IMBALANCE_LIMIT:.0f}:1 ("
+            + ", ".join(f"{k}={v}" for k, v in counts.items())
+            + "); the loss is weighted by class frequency, but add examples of the small classes"
+        )
+    by_hash: dict[str, set[int]] = {}
+    for s in scan.samples:
+        by_hash.setdefault(scan.info[s.path].sha256, set()).add(s.label)
+    clashes = [labels for labels in by_hash.values() if len(labels) > 1]
+    if clashes:
+        pairs = sorted({" and ".join(scan.classes[i] for i in sorted(c)) for c in clashes})
+        warnings.append(
+            f"{scan.root}: {len(clashes)} file(s) are in more than one class ({'; '.join(pairs)}):"
+            " the model cannot be right about both; remove each from the class it is not"
+        )
+    undersized = [
+        (i.width, i.height) for i in scan.info.values() if min(i.width, i.height) < image_size
+    ]
+    if undersized:
+        w, h = min(undersized, key=lambda wh: wh[0] * wh[1])
+        warnings.append(
+            f"{scan.root}: {len(undersized)} image(s) are smaller than --image-size {image_size} "
+            f"(the smallest {w}x{h}) and are scaled up; a smaller --image-size loses nothing"
+        )
+    if from_scratch and len(scan.samples) < FEW_FOR_SCRATCH:
+        warnings.append(
+            f"training from scratch (--weights none) on {len(scan.samples)} images: a network "
+            f"learns little from fewer than a few thousand; pretrained weights (--weights "
+            "imagenet, or --weights PATH offline) with --freeze-backbone learn far more from few"
+        )
+    return warnings
 
 
-def stratified_split(
-    scan: FolderScan, val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Split each class separately (seeded) so train and validation keep its share."""
-    if not 0.0 < val_fraction < 1.0:
+@dataclass(frozen=True)
+class Split:
+    """Training images, and two held-out parts: one early stopping chooses on, one it never saw.
+
+    ``selection`` picks the epoch; ``calibration`` (untouched by that choice) fits the
+    temperature and threshold, and is what the gate and the report's figures rest on.
+    """
+
+    train: list[Sample]
+    selection: list[Sample]
+    calibration: list[Sample]
+    groups: int
+
+    def summary(self) -> dict[str, int | str]:
+        return {
+            "method": "grouped (generation parameters and near-duplicates), stratified, seeded",
+            "groups": self.groups,
+            "train": len(self.train),
+            "selection": len(self.selection),
+            "calibration": len(self.calibration),
+        }
+
+
+def _groups(scan: FolderScan, samples: Sequence[Sample]) -> dict[int, list[Sample]]:
+    infos = [scan.info[s.path] for s in samples]
+    ids = group_ids([i.generation for i in infos], [i.phash for i in infos])
+    members: dict[int, list[Sample]] = {}
+    for sample, gid in zip(samples, ids, strict=True):
+        members.setdefault(gid, []).append(sample)
+    return members
+
+
+def _primary(members: Sequence[Sample]) -> int:
+    return Counter(s.label for s in members).most_common(1)[0][0]
+
+
+def _take(groups: list[list[Sample]], quota: int) -> list[Sample]:
+    """Groups (removed from ``groups``) that fill ``quota`` images without overshooting it,
+    in their (shuffled) order; the smallest group if none fits."""
+    taken: list[Sample] = []
+    for g in list(groups):
+        if len(taken) + len(g) <= quota:
+            taken.extend(g)
+            groups.remove(g)
+        if len(taken) >= quota:
+            break
+    if not taken and groups:
+        smallest = min(groups, key=len)
+        groups.remove(smallest)
+        taken = list(smallest)
+    return taken
+
+
+def group_split(
+    scan: FolderScan,
+    val_fraction: float,
+    seed: int,
+    held_out: FolderScan | None = None,
+) -> Split:
+    """Split by groups (variants of one generation stay on one side), per class, seeded.
+
+    ``val_fraction`` of each class is held out, half for selection and half (the odd
+    image) for calibration. With ``held_out`` (``--val-data``) all of ``scan`` trains and
+    ``held_out`` is split into selection and calibration the same way.
+    """
+    if held_out is None and not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"--val-split must be between 0 and 1, got {val_fraction}")
     rng = random.Random(seed)
-    train: list[Sample] = []
-    val: list[Sample] = []
+    source = held_out or scan
+    groups = _groups(source, source.samples)
+    train: list[Sample] = list(scan.samples) if held_out is not None else []
+    selection: list[Sample] = []
+    calibration: list[Sample] = []
     for label, name in enumerate(scan.classes):
-        members = [s for s in scan.samples if s.label == label]
-        if len(members) < 2:
+        own = [g for g in groups.values() if _primary(g) == label]
+        rng.shuffle(own)
+        size = sum(len(g) for g in own)
+        where = f"{source.root}/{name}"
+        if held_out is not None:
+            if len(own) < 2:
+                raise DatasetError(
+                    f"{where}: {size} validation image(s) in {len(own)} group(s); each class "
+                    "needs at least 2 distinct images there (one for early stopping, one for "
+                    "calibration)"
+                )
+            calibration += _take(own, size - size // 2)
+            selection += [s for g in own for s in g]
+            continue
+        if len(own) < 3:
             raise DatasetError(
-                f"{scan.root}/{name}: {len(members)} readable image(s); each class needs at "
-                "least 2 to hold one out for validation (or pass --val-data DIR)"
+                f"{where}: {size} readable image(s) in {len(own)} group(s) of distinct "
+                "pictures; each class needs at least 3 (to train on, for early stopping and "
+                "for calibration): add examples or pass --val-data DIR"
             )
-        rng.shuffle(members)
-        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
-        val.extend(members[:n_val])
-        train.extend(members[n_val:])
-    return train, val
+        held = min(size - 1, max(2, round(size * val_fraction)))
+        calibration += _take(own, held - held // 2)
+        selection += _take(own, held // 2)
+        train += [s for g in own for s in g]
+    return Split(train, selection, calibration, len(groups))
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):

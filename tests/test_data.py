@@ -5,13 +5,16 @@ from pathlib import Path
 
 import pytest
 from conftest import make_dataset
+from PIL import Image
 
+from gensift.daemon.samples import TEXTURES, texture, write_class_folders
 from gensift.models.data import (
     DatasetError,
     class_name_problem,
     class_weights,
+    data_warnings,
+    group_split,
     scan_folder,
-    stratified_split,
 )
 
 
@@ -103,30 +106,70 @@ def test_scan_with_fixed_classes_refuses_unknown_folders(tmp_path: Path) -> None
     assert scan_folder(tmp_path / "sub", ["keep", "reject"]).counts() == {"keep": 0, "reject": 2}
 
 
-def test_strong_imbalance_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    make_dataset(tmp_path, {"keep": 20, "reject": 2})
-    scan_folder(tmp_path)
-    assert "imbalanced" in capsys.readouterr().err
+def _textures(root: Path, per_class: int, seed: int = 0) -> Path:
+    return write_class_folders(root, TEXTURES, per_class, texture, seed=seed, size=48)
 
 
-def test_stratified_split_keeps_each_class_share_and_is_seeded(tmp_path: Path) -> None:
-    make_dataset(tmp_path, {"keep": 30, "reject": 10, "red": 5})
-    scan = scan_folder(tmp_path)
+def test_warnings_before_training_name_the_fix(tmp_path: Path) -> None:
+    data = write_class_folders(tmp_path, ("dots", "stripes"), 40, texture, size=48)
+    write_class_folders(tmp_path, ("checks",), 3, texture, seed=1, size=48)
+    duplicate = (data / "dots" / "dots_000.png").read_bytes()
+    (data / "stripes" / "copied.png").write_bytes(duplicate)
 
-    train, val = stratified_split(scan, 0.2, seed=7)
+    warnings = "\n".join(data_warnings(scan_folder(data), 64, from_scratch=True))
 
-    val_counts = Counter(scan.classes[s.label] for s in val)
-    assert val_counts == {"keep": 6, "reject": 2, "red": 1}
-    assert len(train) + len(val) == 45
-    assert not {s.path for s in train} & {s.path for s in val}
-    assert stratified_split(scan, 0.2, seed=7) == (train, val)
-    assert stratified_split(scan, 0.2, seed=8)[1] != val
+    assert "fewer than 30 images in checks (3)" in warnings and "--freeze-backbone" in warnings
+    assert "imbalanced beyond 10:1" in warnings
+    assert "1 file(s) are in more than one class (dots and stripes)" in warnings
+    assert "smaller than --image-size 64 (the smallest 48x48)" in warnings
+    assert "from scratch (--weights none) on 84 images" in warnings
+    quiet = data_warnings(scan_folder(_textures(tmp_path / "ok", 30)), 48, from_scratch=False)
+    assert quiet == []
 
 
-def test_split_needs_two_images_per_class(tmp_path: Path) -> None:
-    make_dataset(tmp_path, {"keep": 5, "reject": 1})
-    with pytest.raises(DatasetError, match="at least 2"):
-        stratified_split(scan_folder(tmp_path), 0.2, seed=0)
+def test_split_is_stratified_seeded_and_has_three_disjoint_parts(tmp_path: Path) -> None:
+    scan = scan_folder(_textures(tmp_path, 40))
+
+    split = group_split(scan, 0.2, seed=7)
+
+    parts = (split.train, split.selection, split.calibration)
+    for part, share in zip(parts, (32, 4, 4), strict=True):
+        assert Counter(scan.classes[s.label] for s in part) == dict.fromkeys(TEXTURES, share)
+    paths = [{s.path for s in part} for part in parts]
+    assert sum(map(len, paths)) == 120 == len(set().union(*paths))
+    assert split.groups == 120
+    assert group_split(scan, 0.2, seed=7) == split
+    assert group_split(scan, 0.2, seed=8).calibration != split.calibration
+
+
+def test_a_group_of_variants_never_straddles_the_split(tmp_path: Path) -> None:
+    data = _textures(tmp_path, 30)
+    # six variants of one picture (upscaled, recompressed, re-saved): near-duplicates
+    original = Image.open(data / "dots" / "dots_000.png")
+    for i in range(5):
+        variant = original.resize((96 + 16 * i, 96 + 16 * i))
+        variant.save(data / "dots" / f"variant_{i}.jpg" if i % 2 else data / "dots" / f"v{i}.png")
+    variants = {p for p in (data / "dots").iterdir() if p.name.startswith("v")}
+    variants.add(data / "dots" / "dots_000.png")
+    scan = scan_folder(data)
+    for seed in range(12):
+        split = group_split(scan, 0.3, seed)
+        sides = [
+            bool(variants & {s.path for s in part})
+            for part in (split.train, split.selection, split.calibration)
+        ]
+        assert sum(sides) == 1, f"seed {seed}: the variants are on {sides.count(True)} sides"
+        assert split.groups == 90
+
+
+def test_split_needs_three_distinct_pictures_per_class(tmp_path: Path) -> None:
+    data = _textures(tmp_path, 5)
+    for extra in ("a", "b", "c"):  # one picture saved four times is still one picture
+        (data / "dots" / f"{extra}.png").write_bytes((data / "dots" / "dots_000.png").read_bytes())
+    for name in ("dots_001", "dots_002", "dots_003"):
+        (data / "dots" / f"{name}.png").unlink()
+    with pytest.raises(DatasetError, match="2 group"):
+        group_split(scan_folder(data), 0.2, seed=0)
 
 
 def test_class_weights_balance_the_loss(tmp_path: Path) -> None:
