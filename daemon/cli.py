@@ -42,6 +42,13 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -77,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history(commands)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_models(commands)
     _add_config(commands)
     _add_service(commands)
     _add_demo(commands)
@@ -177,9 +185,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="fine-tune one stage from a folder of class subfolders",
-        description="Fine-tune the quality or feature stage from DIR/<class>/<image> "
-        "(png, jpg, jpeg, webp). Writes a checkpoint (calibrated, with a threshold for the "
-        "target precision) and a report folder with metrics.json and plots.",
+        description="Train the quality or feature stage from DIR/<class>/<image> "
+        "(png, jpg, jpeg, webp). Held-out images (variants of one generation kept together) "
+        "are split in two: one part chooses the epoch, the other fits the temperature and the "
+        "threshold and judges the result. The run writes a candidate checkpoint and a report "
+        "(metrics.json and plots); the gate publishes it over --out only if it beats chance "
+        "and is not worse than the live checkpoint on the same images. Exit 1 if refused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("stage", choices=["quality", "feature"], help="which stage to train")
@@ -222,28 +233,37 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=_positive_int,
         help="maximum epochs (default 10, or 60 with --freeze-backbone); early stopping may "
-        "end sooner",
+        "end sooner, but never in the first half",
     )
     p.add_argument(
         "--warmup-epochs",
-        type=int,
+        type=_non_negative_int,
         help="epochs training only the head before full fine-tuning (default 1 from "
         "pretrained or --init-from weights, 0 from scratch)",
     )
     p.add_argument(
         "--patience",
-        type=int,
-        help="stop after this many epochs without better validation accuracy "
+        type=_positive_int,
+        help="stop after this many epochs without a lower loss on the selection images "
         "(default 3, or 10 with --freeze-backbone)",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=_non_negative_int,
+        help="from scratch: at least this many optimiser steps in all, passing over small "
+        "data several times an epoch (default 500 with --weights none, else 0)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
     p.add_argument(
         "--image-size", type=_positive_int, default=224, help="side of the square network input"
     )
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="head learning rate (the backbone gets a tenth)"
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate (from pretrained weights the backbone gets a tenth of it)",
     )
     p.add_argument(
         "--schedule",
@@ -254,8 +274,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-precision",
         type=_unit_interval,
-        help="validation precision the stored threshold must reach (default 0.99 for the "
-        "quality stage's reject classes, 0.95 for feature classes)",
+        help="precision the stored threshold must reach, as a 95 %% lower bound on at least "
+        "20 calibration images (default 0.99 for the quality stage's reject classes, 0.95 for "
+        "feature classes)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
@@ -268,8 +289,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         metavar="PATH",
-        help="checkpoint to write (default: the stage's checkpoint path in the config, where "
-        "the daemon reads it; replaced atomically)",
+        help="checkpoint to publish (default: the stage's checkpoint path in the config, where "
+        "the daemon reads it); the run writes PATH's .candidate file and publishes it only "
+        "if the gate passes it, keeping the replaced file under PATH's .versions/ folder",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish the candidate even if the gate refuses it",
     )
     p.add_argument(
         "--report",
@@ -309,6 +336,47 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="image-decoding worker processes")
     _add_config_option(p)
     p.set_defaults(handler=_run_evaluate)
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "models",
+        help="a stage's published checkpoint versions: list them, roll back",
+        description="Every publish (by 'gensift train' or a rollback) keeps the checkpoint "
+        "it replaces under <checkpoint stem>.versions/ beside it, the last 5 of them.",
+    )
+    sub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = sub.add_parser(
+        "list",
+        help="the kept versions and the live checkpoint, with their metrics",
+        description="List the kept versions of STAGE's checkpoint, oldest first, then the "
+        "live one: id, creation time, held-out accuracy with its 95 % lower bound and count, "
+        "the threshold with its precision bound, and the classes.",
+    )
+    back = sub.add_parser(
+        "rollback",
+        help="put an earlier version back as the live checkpoint",
+        description="Publish a kept version of STAGE's checkpoint again, atomically; the live "
+        "file is kept as a version first, so a rollback can itself be rolled back. A running "
+        "'gensift watch' reloads it like any new checkpoint.",
+    )
+    for action in (listing, back):
+        action.add_argument("stage", choices=["quality", "feature"], help="which stage")
+        action.add_argument(
+            "--checkpoint",
+            type=Path,
+            metavar="PATH",
+            help="the live checkpoint (default: the stage's checkpoint path in the config)",
+        )
+        _add_config_option(action)
+        action.set_defaults(handler=_run_models)
+    back.add_argument(
+        "version",
+        nargs="?",
+        metavar="VERSION",
+        help="the version's name or id (see 'gensift models list'; default: the newest kept "
+        "version that is not live)",
+    )
 
 
 def _add_config(commands: argparse._SubParsersAction) -> None:
@@ -482,7 +550,7 @@ def _print_report(metrics: dict, **where: str) -> None:
 
     print(format_per_class_table(metrics))
     print(format_threshold_table(metrics["thresholds"]))
-    width = max(map(len, where)) + 1
+    width = max(map(len, where), default=0) + 1
     for label, value in where.items():
         print(f"{label + ':':<{width}} {value}")
 
@@ -512,6 +580,8 @@ def _run_train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             warmup_epochs=args.warmup_epochs,
             patience=args.patience,
+            min_steps=args.min_steps,
+            force=args.force,
             batch_size=args.batch_size,
             image_size=args.image_size,
             lr=args.lr,
@@ -528,12 +598,20 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     if result is None:  # a non-zero torchrun rank
         return EXIT_OK
-    _print_report(
-        result.metrics,
-        checkpoint=f"{result.checkpoint} (id {result.meta.id})",
-        report=str(result.report_dir),
+    _print_report(result.metrics)
+    print(result.verdict.explain())
+    if result.published:
+        forced = "" if result.verdict.passed else ", forced past the gate"
+        print(f"published: {result.checkpoint} (id {result.meta.id}{forced})")
+        print(f"report:    {result.report_dir}")
+        return EXIT_OK
+    print(
+        f"not published: the candidate was left at {result.checkpoint} (id {result.meta.id}) "
+        f"and {out} was not touched. Add examples and train again, or pass --force to "
+        f"publish it anyway.\nreport: {result.report_dir}",
+        file=sys.stderr,
     )
-    return EXIT_OK
+    return EXIT_FAILURE
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -550,6 +628,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         target_precision=args.target_precision,
     )
     _print_report(result.metrics, report=str(result.report_dir))
+    return EXIT_OK
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from gensift.daemon.versions import run_rollback, show_versions, stage_checkpoint
+
+    settings = _settings(args)
+    if args.models_command == "list":
+        show_versions(
+            stage_checkpoint(settings, args.stage, args.checkpoint), args.stage, sys.stdout
+        )
+    else:
+        run_rollback(settings, args.stage, args.checkpoint, args.version, sys.stdout)
     return EXIT_OK
 
 

@@ -23,6 +23,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 SCENES = ("sunset", "ocean", "forest")
 FAILURES = ("black", "noise", "washed", "blur")
+#: three texture classes told apart by pattern alone (colours are random in each image)
+TEXTURES = ("stripes", "checks", "dots")
+#: three classes told apart by colour alone (the shapes are random in each image)
+COLOURS = ("red", "green", "blue")
 
 Rng = np.random.Generator
 
@@ -124,6 +128,81 @@ def draw(kind: str, rng: Rng, size: int = 96) -> Image.Image:
     if kind == "mixed":
         return mixed(rng, size)
     return scene(kind, rng, size) if kind in _SCENES else failure(kind, rng, size)
+
+
+def _two_colours(rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    a = rng.uniform(0, 255, 3)
+    b = rng.uniform(0, 255, 3)
+    while np.abs(a - b).sum() < 150:  # keep the pattern visible
+        b = rng.uniform(0, 255, 3)
+    return a, b
+
+
+def _pattern(kind: str, rng: Rng, size: int) -> np.ndarray:
+    """A 0..1 mask of the texture ``kind``, at a random scale, angle and phase."""
+    y, x = np.mgrid[0:size, 0:size].astype(float) / size
+    if kind == "stripes":
+        angle, cycles = rng.uniform(0, np.pi), rng.uniform(3, 8)
+        u = x * np.cos(angle) + y * np.sin(angle)
+        return 0.5 + 0.5 * np.sin(2 * np.pi * cycles * u + rng.uniform(0, 2 * np.pi))
+    if kind == "checks":
+        angle, cells = rng.uniform(0, np.pi / 2), rng.uniform(3, 7)
+        u = x * np.cos(angle) + y * np.sin(angle)
+        v = -x * np.sin(angle) + y * np.cos(angle)
+        du, dv = rng.uniform(0, 1, 2)
+        return ((np.floor(u * cells + du) + np.floor(v * cells + dv)) % 2).astype(float)
+    if kind == "dots":
+        mask = np.zeros((size, size))
+        radius = rng.uniform(0.03, 0.07)
+        for _ in range(int(rng.integers(10, 25))):
+            cx, cy = rng.uniform(0, 1, 2)
+            mask[(x - cx) ** 2 + (y - cy) ** 2 < radius**2] = 1.0
+        return mask
+    raise ValueError(f"unknown texture {kind!r}; expected one of {TEXTURES}")
+
+
+def texture(kind: str, rng: Rng, size: int = 64, noise: float = 12.0) -> Image.Image:
+    """One of :data:`TEXTURES` in two random colours, with pixel noise."""
+    mask = _pattern(kind, rng, size)[..., None]
+    a, b = _two_colours(rng)
+    pixels = mask * a + (1 - mask) * b + rng.normal(0, noise, (size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+_HUES = {"red": (200, 30, 30), "green": (30, 170, 40), "blue": (30, 50, 210)}
+
+
+def colour(kind: str, rng: Rng, size: int = 64) -> Image.Image:
+    """One of :data:`COLOURS`: random grey shapes on a background of that colour (jittered)."""
+    background = tuple(int(c) for c in _jitter(rng, _HUES[kind], 35))
+    img = Image.new("RGB", (size, size), background)
+    pen = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+        x1, y1 = x0 + int(rng.integers(4, size // 2)), y0 + int(rng.integers(4, size // 2))
+        grey = int(rng.integers(40, 220))
+        shape = pen.ellipse if rng.random() < 0.5 else pen.rectangle
+        shape((x0, y0, x1, y1), fill=(grey, grey, grey))
+    return img
+
+
+def write_class_folders(
+    root: Path,
+    kinds: tuple[str, ...],
+    per_class: int,
+    drawer: Callable[[str, Rng, int], Image.Image],
+    *,
+    seed: int = 0,
+    size: int = 64,
+) -> Path:
+    """``root/<kind>/<kind>_<i>.png``: ``per_class`` images of each kind; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for kind in kinds:
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            drawer(kind, rng, size).save(folder / f"{kind}_{i:03d}.png")
+    return root
 
 
 def write_training_sets(

@@ -37,6 +37,8 @@ from gensift.models.presets import STAGES, Normalization
 
 FORMAT = "gensift-checkpoint"
 FORMAT_VERSION = 1
+#: the image sizes a checkpoint may declare
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
 
 
 class CheckpointError(InputError):
@@ -56,6 +58,7 @@ class CheckpointMeta:
     data_fingerprint: str = ""
     backbone_digest: str = ""
     frozen_backbone: bool = False
+    calibration: dict[str, Any] = field(default_factory=dict)  # method, counts, split
     created: str = ""
     format_version: int = FORMAT_VERSION
     checksum: str = ""
@@ -174,7 +177,7 @@ def _validated_meta(raw: dict[str, Any], path: Path) -> CheckpointMeta:
     except DatasetError as exc:
         raise CheckpointError(str(exc)) from exc
     size = raw.get("image_size")
-    if not isinstance(size, int) or not 8 <= size <= 4096:
+    if not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
         raise bad(f"image_size {size!r} out of range")
     temperature = raw.get("temperature")
     if not isinstance(temperature, int | float) or not (

@@ -4,19 +4,54 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from loguru import logger
+from torch import nn
 
 from gensift.models.calibrate import calibrated_probs, choose_threshold, operating_point
-from gensift.models.checkpoint import load_classifier
-from gensift.models.data import scan_folder
+from gensift.models.checkpoint import CheckpointMeta, load_classifier
+from gensift.models.data import Sample, scan_folder
 from gensift.models.device import resolve_device
 from gensift.models.predictor import eval_loader, forward_batches, prepare_for_inference
 from gensift.models.presets import EvalPreset
 from gensift.models.report import write_report
+
+
+def score(
+    checkpoint: Path,
+    samples: Sequence[Sample],
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int | None = None,
+    desc: str = "evaluate",
+) -> tuple[np.ndarray, CheckpointMeta]:
+    """Calibrated probabilities of ``checkpoint`` on ``samples``, in order, and its metadata."""
+    model, meta = load_classifier(checkpoint)
+    return score_model(model, meta, samples, device, batch_size, workers, desc), meta
+
+
+def score_model(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    samples: Sequence[Sample],
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int | None = None,
+    desc: str = "evaluate",
+) -> np.ndarray:
+    """Calibrated probabilities of a loaded checkpoint's model on ``samples``, in order."""
+    model = prepare_for_inference(model, device)
+    preset = EvalPreset(meta.image_size, meta.normalization)
+    n_workers = workers if workers is not None else min(4, (os.cpu_count() or 1) - 1)
+    loader = eval_loader(samples, preset, batch_size, n_workers, device)
+    logits, _ = forward_batches(model, loader, device, desc=desc, show_progress=sys.stderr.isatty())
+    return calibrated_probs(logits, meta.temperature).numpy()
 
 
 @dataclass
@@ -50,15 +85,8 @@ def evaluate(
     model, meta = load_classifier(checkpoint)
     scan = scan_folder(data, meta.classes)
     torch_device = resolve_device(device)
-    model = prepare_for_inference(model, torch_device)
-    preset = EvalPreset(meta.image_size, meta.normalization)
-    n_workers = workers if workers is not None else min(4, (os.cpu_count() or 1) - 1)
-    loader = eval_loader(scan.samples, preset, batch_size, n_workers, torch_device)
-    logits, labels_t = forward_batches(
-        model, loader, torch_device, desc="evaluate", show_progress=sys.stderr.isatty()
-    )
-    probs = calibrated_probs(logits, meta.temperature).numpy()
-    labels = labels_t.numpy()
+    probs = score_model(model, meta, scan.samples, torch_device, batch_size, workers)
+    labels = np.array([s.label for s in scan.samples])
     stored = meta.thresholds
     targets = stored.get("target_classes") or meta.classes
     precision = target_precision or stored.get("target_precision") or 0.95

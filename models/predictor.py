@@ -74,7 +74,9 @@ def forward_batches(
     module.eval()
     amp = autocast_dtype(device)
     outputs, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
+    # no tqdm object at all unless shown: even a disabled one starts tqdm's monitor thread
+    batches = tqdm(loader, desc=desc, leave=False) if show_progress else loader
+    for images, targets in batches:
         outputs.append(forward(module, images, device, amp).cpu())
         labels.append(targets)
     if not outputs:
