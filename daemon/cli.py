@@ -253,7 +253,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--min-steps",
         type=_non_negative_int,
         help="from scratch: at least this many optimiser steps in all, passing over small "
-        "data several times an epoch (default 500 with --weights none, else 0)",
+        "data several times an epoch (default 1000 with --weights none, else 0)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
     p.add_argument(
