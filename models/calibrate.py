@@ -38,8 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import optimize
-from scipy import stats as sstats
 
 from gensift.models.stats import CONFIDENCE, Proportion, fewest_for_bound
 
@@ -107,6 +105,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFi
         return total + log_t**2 / (2 * LOG_TEMPERATURE_PRIOR_SD**2)
 
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    from scipy import optimize  # here, not at import: it costs the daemon's start-up 0.7 s
+
     result = optimize.minimize_scalar(objective, bounds=(low, high), method="bounded")
     temperature = math.exp(float(result.x))
     if not math.isfinite(temperature) or objective(float(result.x)) > objective(0.0):
@@ -160,7 +160,9 @@ def _lowest_safe_threshold(
     ends = np.flatnonzero(np.r_[c[1:] != c[:-1], True])
     n = ends + 1
     k = correct[ends]
-    lower = np.where(k > 0, sstats.beta.ppf(1.0 - CONFIDENCE, np.maximum(k, 1), n - k + 1), 0.0)
+    from scipy import stats  # here, not at import: scipy.stats costs the daemon a second
+
+    lower = np.where(k > 0, stats.beta.ppf(1.0 - CONFIDENCE, np.maximum(k, 1), n - k + 1), 0.0)
     ok = np.flatnonzero((n >= min_count) & (lower >= target))
     return float(c[ends[ok[-1]]]) if len(ok) else None
 

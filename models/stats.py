@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats
-
 #: confidence of every bound and test in gensift
 CONFIDENCE = 0.95
 
@@ -66,6 +64,8 @@ def clopper_pearson_lower(successes: int, count: int, confidence: float = CONFID
     """The exact one-sided lower confidence bound of a binomial rate (0 with no successes)."""
     if successes <= 0 or count <= 0:
         return 0.0
+    from scipy import stats  # here, not at import: scipy.stats costs a second to load
+
     return float(stats.beta.ppf(1.0 - confidence, successes, count - successes + 1))
 
 
@@ -84,6 +84,8 @@ def better_than_rate(successes: int, count: int, rate: float) -> float:
     """One-sided exact p-value that the true rate of ``successes``/``count`` exceeds ``rate``."""
     if count == 0:
         return 1.0
+    from scipy import stats  # here, not at import: scipy.stats costs a second to load
+
     return float(stats.binomtest(successes, count, rate, alternative="greater").pvalue)
 
 
@@ -96,4 +98,6 @@ def worse_than_paired(only_old_right: int, only_new_right: int) -> float:
     discordant = only_old_right + only_new_right
     if discordant == 0:
         return 1.0
+    from scipy import stats  # here, not at import: scipy.stats costs a second to load
+
     return float(stats.binomtest(only_old_right, discordant, 0.5, alternative="greater").pvalue)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, make_dataset, train_cli
-from loguru import logger
 from PIL import Image
 
 from gensift.daemon.cli import main
@@ -275,17 +274,14 @@ def test_options_that_cannot_train_exit_2_at_once_without_a_traceback(
     assert took < 5, f"took {took:.1f} s"
 
 
-def test_the_warnings_before_training_are_in_the_train_log(tmp_path: Path) -> None:
+def test_the_warnings_before_training_are_in_the_train_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # a small class, a file in both classes, images smaller than --image-size, from scratch
     data = make_dataset(tmp_path / "d", {"keep": 30, "reject": 12})
     shutil.copy(data / "keep" / "keep_000.png", data / "reject" / "also_keep.png")
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
-    try:
-        train_cli("quality", data, tmp_path / "q", "--image-size", "64", "--epochs", "1")
-    finally:
-        logger.remove(sink)
-    log = "".join(lines)
+    train_cli("quality", data, tmp_path / "q", "--image-size", "64", "--epochs", "1")
+    log = capsys.readouterr().err  # train logs to stderr
     assert "fewer than 30 images in reject (13)" in log and "--freeze-backbone" in log
     assert "1 file(s) are in more than one class (keep and reject)" in log
     assert "smaller than --image-size 64 (the smallest 48x48)" in log
