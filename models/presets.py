@@ -93,7 +93,7 @@ def open_rgb(
 
 
 #: Greyscale modes with more than 8 bits a sample. Pillow reads a 16-bit greyscale PNG as
-#: I;16 (as I, 32-bit, before Pillow 11); its convert() clips these at 255 instead of scaling.
+#: I;16 (as I, 32-bit, in older Pillow); its convert() clips these at 255 instead of scaling.
 WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 #: Modes with an alpha channel, composited over white.
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
