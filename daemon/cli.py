@@ -18,6 +18,7 @@ from typing import TextIO
 from loguru import logger
 
 from gensift.daemon.config import ConfigError, Settings, load_config, render_settings
+from gensift.daemon.layout import check_training_data
 from gensift.daemon.logs import setup_logging, tqdm_sink
 from gensift.models.errors import InputError, RuntimeProblem
 
@@ -299,6 +300,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="publish the candidate even if the gate refuses it",
     )
     p.add_argument(
+        "--allow-sorted-data",
+        action="store_true",
+        help="train on the config's output.root (or a folder in it) after you have reviewed "
+        "its class folders; refused without this, as they hold the current models' own "
+        "sorting (_rejected/ and _review/ are never classes)",
+    )
+    p.add_argument(
+        "--allow-watched-data",
+        action="store_true",
+        help="train on images in a folder of the config's watch.paths; refused without this, "
+        "as a running daemon moves files out of it",
+    )
+    p.add_argument(
         "--report",
         type=Path,
         metavar="DIR",
@@ -559,6 +573,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from gensift.models.train import TrainOptions, train
 
     settings = _settings(args)
+    for option, folder in (("--data", args.data), ("--val-data", args.val_data)):
+        if folder is not None:
+            check_training_data(
+                settings,
+                folder,
+                option=option,
+                allow_sorted=args.allow_sorted_data,
+                allow_watched=args.allow_watched_data,
+            )
     stage_settings = getattr(settings.stages, args.stage)
     out = args.out or stage_settings.checkpoint
     if out is None:

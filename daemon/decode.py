@@ -1,9 +1,11 @@
 """Files -> network inputs, off the inference thread; the rules that need no model.
 
 Each file is read once: its bytes are hashed (the journal's content hash) and
-decoded from memory with Pillow, limited to the formats the watch patterns
-name and to Pillow's decompression-bomb limit, then resized by the eval preset
-of each stage (uint8; normalising is one batched op on the inference thread).
+decoded from memory by the presets' ``open_rgb`` (the same decode training uses:
+upright, 16-bit scaled to 8, transparency over white), limited to the formats
+the watch patterns name and to Pillow's decompression-bomb limit, then resized
+by the eval preset of each stage (uint8; normalising is one batched op on the
+inference thread). The blank rule looks at that converted image.
 
 A file that cannot be decoded is ``corrupt`` only once it has settled: if it
 is younger than ``settle_seconds`` or changed while it was read it is

@@ -34,6 +34,9 @@ FEW_PER_CLASS = 30
 #: from scratch on fewer images gets a warning before training
 FEW_FOR_SCRATCH = 2000
 
+#: Folders gensift writes under its output root (quarantine and review): never classes.
+GENSIFT_FOLDERS = ("_rejected", "_review")
+
 _WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
 _FORBIDDEN_CHARS = set('/\\:*?"<>|')
 
@@ -135,18 +138,36 @@ def _inspect(path: Path) -> ImageInfo | str:
 
 
 def scan_folder(
-    root: Path, classes: Sequence[str] | None = None, *, workers: int | None = None
+    root: Path,
+    classes: Sequence[str] | None = None,
+    *,
+    classes_of: str = "the model",
+    workers: int | None = None,
 ) -> FolderScan:
     """Find and verify the images in ``root/<class>/`` (recursively inside each class).
 
     ``classes`` fixes the class list and order (for validation data or for
-    evaluating a checkpoint); folders not in it are an error. Unreadable images
-    are skipped and listed in ``FolderScan.skipped`` with a warning each.
+    evaluating a checkpoint); folders not in it are an error whose message says
+    they are not classes of ``classes_of``. gensift's own ``_rejected`` and
+    ``_review`` folders (a sorted output root) are left out with a warning.
+    Unreadable images are skipped and listed in ``FolderScan.skipped`` with a
+    warning each.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = []
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        if path.name in GENSIFT_FOLDERS:
+            logger.warning(
+                "{}: left out, it is gensift's own folder and not a class (to learn from its "
+                "images, move them into a class folder)",
+                path,
+            )
+            continue
+        folders.append(path)
     found = [p.name for p in folders]
     check_class_names(found, str(root), at_least=2 if classes is None else 1)
     if classes is None:
@@ -154,9 +175,12 @@ def scan_folder(
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
+            these, them = f"folders {', '.join(unknown)} are not classes", "them"
+            if len(unknown) == 1:
+                these, them = f"folder {unknown[0]} is not a class", "it"
             raise DatasetError(
-                f"{root}: folders {', '.join(unknown)} are not classes of the model "
-                f"({', '.join(classes)})"
+                f"{root}: {these} of {classes_of}, whose classes are {', '.join(classes)}; "
+                f"move {them} out of {root}"
             )
     index = {name: i for i, name in enumerate(classes)}
     candidates = [

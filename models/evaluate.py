@@ -83,7 +83,7 @@ def evaluate(
     checkpoint does here.
     """
     model, meta = load_classifier(checkpoint)
-    scan = scan_folder(data, meta.classes)
+    scan = scan_folder(data, meta.classes, classes_of=f"checkpoint {checkpoint}")
     torch_device = resolve_device(device)
     probs = score_model(model, meta, scan.samples, torch_device, batch_size, workers)
     labels = np.array([s.label for s in scan.samples])

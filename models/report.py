@@ -22,9 +22,9 @@ import numpy as np
 from loguru import logger
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from PIL import Image
 
 from gensift.models.fsutil import publish
+from gensift.models.presets import open_rgb
 
 PROB_FLOOR = 1e-12
 ECE_BINS = 15
@@ -433,9 +433,7 @@ def confident_errors(
 def load_thumbnail(path: Path, size: int = THUMBNAIL_PX) -> np.ndarray | None:
     """An RGB thumbnail of ``path``, or None (logged) when the file cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # cheap JPEG downscale while decoding
-            rgb = image.convert("RGB")
+        rgb = open_rgb(path, size)  # what the model saw: upright, 16-bit scaled, alpha on white
         rgb.thumbnail((size, size))
         return np.asarray(rgb)
     except Exception as exc:  # noqa: BLE001 — a bad image must never break the report

@@ -337,7 +337,7 @@ def _load_data(opts: TrainOptions) -> tuple[FolderScan, Split]:
     scan = scan_folder(opts.data)
     if opts.val_data is None:
         return scan, group_split(scan, opts.val_split, opts.seed)
-    val_scan = scan_folder(opts.val_data, scan.classes)
+    val_scan = scan_folder(opts.val_data, scan.classes, classes_of=f"--data {opts.data}")
     scan.skipped.extend(val_scan.skipped)
     return scan, group_split(scan, opts.val_split, opts.seed, held_out=val_scan)
 

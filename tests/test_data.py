@@ -81,9 +81,21 @@ def test_ordinary_class_names_are_accepted(name: str) -> None:
 
 def test_scan_refuses_an_unsafe_class_folder(tmp_path: Path) -> None:
     make_dataset(tmp_path, {"keep": 2, "reject": 2})
-    (tmp_path / "_rejected").mkdir()
-    with pytest.raises(DatasetError, match="_rejected"):
+    (tmp_path / "_misc").mkdir()
+    with pytest.raises(DatasetError, match="_misc"):
         scan_folder(tmp_path)
+
+
+def test_scan_leaves_out_gensifts_own_folders_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(tmp_path, {"keep": 2, "reject": 2})
+    for folder in ("_rejected", "_review"):  # as in a sorted output root
+        make_dataset(tmp_path / folder, {"keep": 1})
+    scan = scan_folder(tmp_path)
+    assert scan.classes == ["keep", "reject"] and len(scan.samples) == 4
+    err = capsys.readouterr().err
+    assert f"{tmp_path / '_rejected'}: left out" in err and f"{tmp_path / '_review'}:" in err
 
 
 def test_scan_needs_two_classes_and_some_images(tmp_path: Path) -> None:

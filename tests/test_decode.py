@@ -144,6 +144,36 @@ def test_a_thin_line_on_a_plain_background_is_not_blank() -> None:
     assert not is_blank(img)
 
 
+def _grey16(path: Path, eight: np.ndarray) -> Path:
+    """Save the full-range 16-bit twin (v * 257) of 8-bit grey pixels as a PNG (mode I;16)."""
+    Image.fromarray(eight.astype(np.uint16) * 257).save(path)
+    return path
+
+
+def test_a_16bit_grey_png_is_decoded_like_its_8bit_twin_not_blank(tmp_path: Path) -> None:
+    # Pillow's convert("RGB") clips I;16 at 255: every pixel above 255/65535 turned white
+    eight = np.asarray(draw("keep", np.random.default_rng(3)).convert("L"))
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    decoder = _decoder()
+
+    sixteen = decoder(_grey16(tmp_path / "sixteen.png", eight))
+    twin = decoder(tmp_path / "eight.png")
+
+    assert sixteen.status == "ok", sixteen.note
+    assert twin.status == "ok"
+    difference = sixteen.inputs[KEY].int() - twin.inputs[KEY].int()
+    assert int(difference.abs().max()) <= 1
+
+
+def test_a_near_constant_16bit_grey_png_is_still_blank(tmp_path: Path) -> None:
+    # 16-bit noise of +-200 is under one 8-bit grey level: still a blank render
+    flat = 30000 + np.random.default_rng(4).integers(-200, 201, (64, 64))
+    Image.fromarray(flat.astype(np.uint16)).save(tmp_path / "flat.png")
+    result = _decoder()(tmp_path / "flat.png")
+    assert result.status == "blank"
+    assert "near-constant" in result.note
+
+
 def _write_zero(path: Path) -> None:
     path.write_bytes(b"")
 

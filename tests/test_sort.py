@@ -7,7 +7,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import draw
+from PIL import Image
 from sortkit import BROKEN, check_ledger, decisions, fill_inbox, sha, write_config
 
 from gensift.daemon.cli import main
@@ -242,3 +245,34 @@ def test_configuration_mistakes_are_exit_2_with_the_key(
     assert _sort(swapped, str(inbox)) == 2
     assert "feature-stage checkpoint" in capsys.readouterr().err
     assert _sort(write_config(tmp_path, *frozen_pair), str(tmp_path / "absent")) == 2
+
+
+def test_16bit_grey_pngs_are_sorted_like_their_8bit_twins_not_quarantined_as_blank(
+    tmp_path: Path, frozen_pair: tuple[Path, Path]
+) -> None:
+    # twelve 16-bit renders (mode I;16, full range) beside their 8-bit twins
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(16)
+    kinds = ["keep", "reject", "red", "blue", "stripes", "keep"] * 2
+    for i, kind in enumerate(kinds):
+        grey = np.asarray(draw(kind, rng).convert("L"))
+        Image.fromarray(grey).save(inbox / f"{kind}_{i:02d}_8bit.png")
+        Image.fromarray(grey.astype(np.uint16) * 257).save(inbox / f"{kind}_{i:02d}_16bit.png")
+    originals = {p.absolute(): sha(p) for p in sorted(inbox.iterdir())}
+    config = write_config(tmp_path, *frozen_pair)
+
+    assert _sort(config, str(inbox)) == 0
+
+    final = check_ledger(originals, tmp_path / "journal.sqlite3", tmp_path / "out")
+    by_name = {path.name: e for path, e in final.items()}
+    sixteen = [name for name in by_name if name.endswith("_16bit.png")]
+    assert len(sixteen) == 12
+    assert not [n for n in sixteen if by_name[n].reason == "blank"], "16-bit PNGs judged blank"
+    for name in sixteen:
+        e, twin = by_name[name], by_name[name.replace("_16bit", "_8bit")]
+        assert (e.action, e.reason, e.label) == (twin.action, twin.reason, twin.label), name
+        assert e.probabilities.keys() == twin.probabilities.keys()
+        for stage, probs in twin.probabilities.items():
+            for label, p in probs.items():
+                assert abs(e.probabilities[stage][label] - p) < 1e-3, (name, stage, label)

@@ -134,13 +134,23 @@ def test_evaluate_writes_a_report_that_counts_every_image(
     assert "precision" in capsys.readouterr().out
 
 
-def test_evaluate_refuses_folders_that_are_not_classes_of_the_model(
+def test_evaluate_names_the_folders_the_checkpoint_lacks_and_its_classes(
     tmp_path: Path, trained_quality: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data = make_dataset(tmp_path / "other", {"red": 2, "blue": 2})
-    rc = main(["evaluate", str(trained_quality), "--data", str(data), "--device", "cpu"])
+    # two of the checkpoint's classes and two folders it has never heard of
+    data = make_dataset(tmp_path / "other", {"keep": 2, "reject": 2, "red": 2, "blue": 2})
+    report = tmp_path / "report"
+    rc = main(
+        ["evaluate", str(trained_quality), "--data", str(data), "--report", str(report),
+         "--device", "cpu"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
     assert rc == 2
-    assert "not classes of the model" in capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "folders blue, red are not classes of" in err
+    assert f"checkpoint {trained_quality}, whose classes are keep, reject" in err
+    assert str(data) in err
+    assert not report.exists()
 
 
 def test_freeze_backbone_trains_the_head_and_init_from_keeps_the_backbone(
@@ -286,3 +296,100 @@ def test_the_warnings_before_training_are_in_the_train_log(
     assert "1 file(s) are in more than one class (keep and reject)" in log
     assert "smaller than --image-size 64 (the smallest 48x48)" in log
     assert "training from scratch (--weights none) on 43 images" in log
+
+
+# --- training on the daemon's own folders ---------------------------------------------------
+
+
+def _daemon_config(tmp_path: Path, *, recursive: bool = True) -> tuple[Path, Path, Path]:
+    """A config whose daemon watches ``tmp_path/generator/outputs`` and sorts into
+    ``tmp_path/sorted``."""
+    watched, root = tmp_path / "generator" / "outputs", tmp_path / "sorted"
+    watched.mkdir(parents=True)
+    config = tmp_path / "gensift.toml"
+    config.write_text(
+        f"[watch]\npaths = [{json.dumps(str(watched))}]\nrecursive = {str(recursive).lower()}\n"
+        f"[output]\nroot = {json.dumps(str(root))}\n"
+    )
+    return config, watched, root
+
+
+def _train_with(config: Path, data: Path, out: Path, *extra: str) -> int:
+    return train_cli("quality", data, out, "-c", str(config), *extra)
+
+
+@pytest.mark.parametrize("where", ["the watched folder", "inside it", "around it", "a symlink"])
+def test_train_refuses_examples_in_a_watched_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    config, watched, _ = _daemon_config(tmp_path)
+    data = {
+        "the watched folder": watched,
+        "inside it": watched / "labelled",
+        "around it": watched.parent,  # the watched folder would be one of its "classes"
+        "a symlink": tmp_path / "shortcut" / "labelled",  # another spelling of "inside it"
+    }[where]
+    (tmp_path / "shortcut").symlink_to(watched, target_is_directory=True)
+    make_dataset(data, {"keep": 3, "reject": 3})
+    out = tmp_path / "q.safetensors"
+
+    rc = _train_with(config, data, out)
+
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "watch.paths" in err and str(config) in err and str(watched) in err
+    assert str(data) in err and "--allow-watched-data" in err
+    assert not out.exists() and not list(tmp_path.glob("q.*"))
+
+
+def test_train_refuses_held_out_examples_in_a_watched_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config, watched, _ = _daemon_config(tmp_path)
+    data = make_dataset(tmp_path / "examples", {"keep": 3, "reject": 3})
+    held_out = make_dataset(watched / "held-out", {"keep": 3, "reject": 3})
+    rc = _train_with(config, data, tmp_path / "q.safetensors", "--val-data", str(held_out))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--val-data" in err and str(held_out) in err and "watch.paths" in err
+
+
+def test_class_folders_below_a_folder_watched_without_recursion_are_not_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # the daemon sorts only the files directly in the watched folder: class folders are safe
+    config, watched, _ = _daemon_config(tmp_path, recursive=False)
+    make_dataset(watched, {"keep": 3, "reject": 3})
+    # train itself refuses --image-size 4 before it reads an image: reaching that error
+    # shows the folder check let the data through
+    rc = _train_with(config, watched, tmp_path / "q.safetensors", "--image-size", "4")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--image-size 4" in err and "watch.paths" not in err
+
+
+def test_train_on_the_output_root_needs_allow_sorted_data_and_skips_gensifts_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config, _, root = _daemon_config(tmp_path)
+    make_dataset(root, {"keep": 12, "reject": 12})  # as the daemon sorted them
+    for folder in ("_rejected", "_review"):  # gensift's own, beside the classes
+        (root / folder).mkdir()
+        shutil.copy(root / "reject" / "reject_000.png", root / folder / "gen_001.png")
+    out = tmp_path / "q.safetensors"
+
+    rc = _train_with(config, root, out)
+
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "output.root" in err and str(config) in err and str(root) in err
+    assert "--allow-sorted-data" in err
+    assert not out.exists()
+
+    rc = _train_with(config, root, out, "--allow-sorted-data", "--epochs", "1", "--force")
+
+    assert rc == 0
+    assert read_checkpoint(out)[1].classes == ["keep", "reject"]
+    err = capsys.readouterr().err
+    assert "_rejected" in err and "_review" in err  # said why they were left out
