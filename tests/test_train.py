@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -266,22 +265,22 @@ def test_missing_device_is_a_clear_usage_error(
 def test_options_that_cannot_train_exit_2_at_once_without_a_traceback(
     tmp_path: Path, extra: list[str], message: str
 ) -> None:
-    # the installed command in a fresh process: the clock includes importing torch
+    # the installed command in a fresh process; "at once" means before any image is read:
+    # the data holds a broken file and too few images, which reading would have reported
     data = make_dataset(tmp_path / "d", {"keep": 4, "reject": 4})
+    (data / "keep" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "q.safetensors"
     args = ["train", "quality", "--data", str(data), "--out", str(out), *TINY, *extra]
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "gensift.daemon.cli", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
-    took = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "broken.png" not in proc.stderr and "fewer than" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob("q.*"))
-    assert took < 5, f"took {took:.1f} s"
 
 
 def test_the_warnings_before_training_are_in_the_train_log(
