@@ -13,7 +13,8 @@
   fsynced and placed as above, and only then is the source removed.
 
 The bytes are never re-encoded (PNG text chunks survive); the modification
-time is kept. :func:`confined` refuses any destination outside the output root.
+time is kept. :func:`confined` refuses any destination outside the output root;
+:func:`shown` spells a path for people (names that are not UTF-8 escaped).
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ from gensift.models.fsutil import TEMP_PREFIX, fsync_dir
 
 class UnsafeDestinationError(InputError):
     """A destination would escape the output root."""
+
+
+def shown(path: os.PathLike[str] | str) -> str:
+    """``path`` as text for a log, a terminal, JSON or CSV: bytes that are not UTF-8 (a
+    name from an old archive) appear as ``\\xff``, so printing it can never fail."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 def confined(root: Path, folder: str) -> Path:

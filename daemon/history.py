@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from gensift.daemon.config import Settings
+from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Entry, Journal
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.router import Outcome, repair, restore
@@ -80,12 +81,12 @@ def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:
     verb = "would restore" if dry_run else "restored"
     for entry, outcome in result.outcomes:
         if outcome.state in ("done", "planned"):
-            print(f"{verb} {entry.destination} -> {entry.source}", file=out)
+            print(f"{verb} {shown(entry.destination)} -> {shown(entry.source)}", file=out)
         else:
-            print(f"not restored: {entry.destination} ({outcome.note})", file=out)
+            print(f"not restored: {shown(entry.destination)} ({outcome.note})", file=out)
     for entry in result.not_undoable:
         where = "is in the recycle bin" if entry.action == "trash" else "was deleted"
-        print(f"cannot undo: {entry.source} {where}", file=out)
+        print(f"cannot undo: {shown(entry.source)} {where}", file=out)
     done = sum(o.state in ("done", "planned") for _, o in result.outcomes)
     print(
         f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}"
@@ -99,9 +100,9 @@ def format_entry(entry: Entry) -> str:
     when = entry.time[:19].replace("T", " ")
     what = entry.action if entry.label is None else f"{entry.action} {entry.label}"
     p = "" if entry.probability is None else f" p={entry.probability:.3f}"
-    target = "" if entry.destination is None else f" -> {entry.destination}"
+    target = "" if entry.destination is None else f" -> {shown(entry.destination)}"
     note = f" ({entry.note})" if entry.note else ""
-    return f"{when}  {what} [{entry.reason}, {entry.state}]{p}  {entry.source}{target}{note}"
+    return f"{when}  {what} [{entry.reason}, {entry.state}]{p}  {shown(entry.source)}{target}{note}"
 
 
 def show_history(settings: Settings, limit: int, *, as_json: bool, out: TextIO) -> int:

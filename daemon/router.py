@@ -25,7 +25,14 @@ from loguru import logger
 from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
-from gensift.daemon.fileops import candidates, confined, same_content, temp_path, transfer
+from gensift.daemon.fileops import (
+    candidates,
+    confined,
+    same_content,
+    shown,
+    temp_path,
+    transfer,
+)
 from gensift.daemon.journal import Entry, Journal
 
 
@@ -53,13 +60,14 @@ class Outcome:
     def describe(self) -> str:
         """One line saying what happened to the file and why (the log, the dry-run plan)."""
         d = self.decision
+        path = shown(self.file.path)
         if d is None:
-            return f"{self.file.path}: not decided ({self.state}: {self.note})"
+            return f"{path}: not decided ({self.state}: {self.note})"
         why = d.reason if d.label is None else f"{d.reason} {d.label}"
         p = "" if d.probability is None else f" p={d.probability:.3f}"
-        where = f" -> {self.destination}" if self.destination is not None else ""
+        where = f" -> {shown(self.destination)}" if self.destination is not None else ""
         note = f" ({self.note})" if self.note else ""
-        return f"{self.file.path}: {d.action} [{self.state}] {why}{p}{where}{note}"
+        return f"{path}: {d.action} [{self.state}] {why}{p}{where}{note}"
 
 
 class Router:
@@ -120,7 +128,7 @@ class Router:
             try:
                 target_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                note = f"cannot create {target_dir}: {exc.strerror or exc}; left in place"
+                note = f"cannot create {shown(target_dir)}: {exc.strerror or exc}; left in place"
                 return Outcome(file, decision, dst, "failed", note, checkpoints)
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
             try:
@@ -137,7 +145,10 @@ class Router:
     def _skipped(
         self, file: FileInfo, decision: Decision, dst: Path, checkpoints: Mapping[str, str]
     ) -> Outcome:
-        note = f"{dst.name} already exists in {dst.parent}; left in place (on_conflict = skip)"
+        note = (
+            f"{shown(dst.name)} already exists in {shown(dst.parent)}; left in place "
+            "(on_conflict = skip)"
+        )
         if not self.dry_run:
             self.journal.begin(
                 self.run, file, replace(decision, note=note), dst, checkpoints, state="skipped"
@@ -156,7 +167,7 @@ class Router:
         except OSError as exc:
             if decision.action != "trash":
                 return self._failed(file, decision, None, entry_id, exc, checkpoints)
-            note = f"no recycle bin for {file.path} ({exc}); quarantined instead"
+            note = f"no recycle bin for {shown(file.path)} ({exc}); quarantined instead"
             logger.warning("{}", note)
             self.journal.finish(entry_id, "abandoned", note)
             fallback = replace(decision, action="quarantine", note=note)
@@ -188,7 +199,7 @@ def _changed_since_read(file: FileInfo) -> bool:
 
 def _send_to_trash(path: Path) -> None:
     if not trash_keeps_files(path):
-        raise OSError(f"the drive of {path} has no recycle bin (network or removable drive)")
+        raise OSError(f"the drive of {shown(path)} has no recycle bin (network or removable drive)")
     from send2trash import send2trash
 
     send2trash(path)
@@ -235,10 +246,11 @@ def repair(journal: Journal) -> int:
             state, note = _settle(entry)
         except OSError as exc:  # an offline share, say: leave the row for the next start
             logger.error("journal repair: {} {}: {}; tried again next start", entry.action,
-                         entry.source, exc)  # fmt: skip
+                         shown(entry.source), exc)  # fmt: skip
             continue
         journal.finish(entry.id, state, note)
-        logger.info("journal repair: {} {} -> {}: {}", entry.action, entry.source, state, note)
+        logger.info("journal repair: {} {} -> {}: {}", entry.action, shown(entry.source),
+                    state, note)  # fmt: skip
     return len(pending)
 
 
@@ -262,12 +274,13 @@ def _settle(entry: Entry) -> tuple[str, str]:
         if dst.stat().st_size == 0:
             dst.unlink()
             return "abandoned", "removed an empty placeholder; decided again later"
-        return "abandoned", f"{dst} holds another file; left alone; decided again later"
+        return "abandoned", f"{shown(dst)} holds another file; left alone; decided again later"
     if dst_there:
         return "done", "the move had completed before the interruption"
     if src_there:
         return "abandoned", "interrupted before the file moved; decided again later"
-    logger.warning("journal repair: {} is neither at {} nor at {}", entry.sha256[:12], src, dst)
+    logger.warning("journal repair: {} is neither at {} nor at {}", entry.sha256[:12],
+                   shown(src), shown(dst))  # fmt: skip
     return "failed", "the file is in neither place (moved or deleted by someone else)"
 
 

@@ -19,6 +19,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from gensift.daemon.config import Settings
+from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Journal
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
@@ -125,12 +126,12 @@ def plan_row(outcome: Outcome) -> list[str]:
     d = outcome.decision
     probs = d.probabilities if d is not None else {}
     return [
-        str(outcome.file.path),
+        shown(outcome.file.path),
         outcome.action,
         d.reason if d else "",
         (d.label or "") if d else "",
         "" if d is None or d.probability is None else f"{d.probability:.6f}",
-        "" if outcome.destination is None else str(outcome.destination),
+        "" if outcome.destination is None else shown(outcome.destination),
         outcome.state,
         outcome.note,
         json.dumps(probs["quality"]) if "quality" in probs else "",
