@@ -7,6 +7,7 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TextIO
 
 from gensift.daemon.config import Settings
@@ -42,9 +43,18 @@ class UndoResult:
     not_undoable: list[Entry] = field(default_factory=list)
     scope: str = ""
 
+    @property
+    def not_restored(self) -> list[tuple[Entry, Outcome]]:
+        """The moves that were not (or, in a dry run, would not be) put back."""
+        return [(e, o) for e, o in self.outcomes if o.state not in ("done", "planned")]
+
 
 def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = False) -> UndoResult:
-    """Move files back where they came from: all moves within ``since``, else the last run."""
+    """Move files back where they came from: all moves within ``since``, else the last run.
+
+    Oldest first, each row to its own source: when a generator reused a name, the first
+    file gets it back and a later one comes back next to it as ``name-1.png``.
+    """
     path = settings.journal.path
     result = UndoResult()
     if not dry_run and not path.exists():
@@ -72,24 +82,33 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
                 result.not_undoable = journal.finished(("trash", "delete"), run=run)
             result.scope = f"the last run ({run})" if run else "the journal (no moves yet)"
         undo_run = new_run_id("undo")
-        for entry in entries:
-            result.outcomes.append((entry, restore(journal, entry, undo_run, dry_run=dry_run)))
+        claimed: set[Path] = set()
+        for entry in reversed(entries):  # oldest first
+            outcome = restore(journal, entry, undo_run, dry_run=dry_run, claimed=claimed)
+            result.outcomes.append((entry, outcome))
     return result
 
 
 def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:
+    """One line per move (restored, or not and why), per trashed or deleted file, and a total."""
     verb = "would restore" if dry_run else "restored"
     for entry, outcome in result.outcomes:
+        assert entry.destination is not None and outcome.destination is not None
+        move = f"{shown(entry.destination)} -> {shown(outcome.destination)}"
+        note = f" ({outcome.note})" if outcome.note else ""
         if outcome.state in ("done", "planned"):
-            print(f"{verb} {shown(entry.destination)} -> {shown(entry.source)}", file=out)
+            print(f"{verb} {move}{note}", file=out)
         else:
-            print(f"not restored: {shown(entry.destination)} ({outcome.note})", file=out)
+            print(f"not restored: {move}{note}", file=out)
     for entry in result.not_undoable:
         where = "is in the recycle bin" if entry.action == "trash" else "was deleted"
         print(f"cannot undo: {shown(entry.source)} {where}", file=out)
-    done = sum(o.state in ("done", "planned") for _, o in result.outcomes)
+    done = len(result.outcomes) - len(result.not_restored)
+    left = (
+        f"; {len(result.not_restored)} not restored (listed above)" if result.not_restored else ""
+    )
     print(
-        f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}"
+        f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}{left}"
         + ("; dry run: nothing was changed" if dry_run else ""),
         file=out,
     )

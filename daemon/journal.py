@@ -15,9 +15,9 @@ never block the daemon.
 Paths are stored losslessly: as text when they are valid UTF-8 (every path of a
 version 1 journal), else as a BLOB of the name's bytes (``os.fsencode``: a name
 from an old archive on Linux, say ``bad\\xff0.png``). One path always has the
-same form, so equality lookups find it. Schema 2 only adds that: gensift
-before it could not read a BLOB path, so it refuses a version 2 journal instead
-of crashing on one.
+same form, so equality lookups find it. Schema 2 only adds that (and an index
+on ``destination``); gensift before it could not read a BLOB path, so it
+refuses a version 2 journal instead of crashing on one.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_source ON decisions(source);
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
+CREATE INDEX IF NOT EXISTS decisions_destination ON decisions(destination);
 """
 #: States in which a file counts as decided and is not processed again.
 DECIDED_STATES = ("done", "skipped", "undone")
@@ -271,12 +272,24 @@ class Journal:
     # -- reading ---------------------------------------------------------------------------
 
     def decided(self, file: FileInfo) -> bool:
-        """Whether this file (same path, size and modification time) already has a decision."""
-        row = self._db.execute(
-            "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
-            f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
-            (path_key(file.path), file.size, file.mtime_ns),
-        ).fetchone()
+        """Whether this file (same path, size and modification time) already has a decision.
+
+        A file ``gensift undo`` put back counts as decided, at its original path (the row
+        it undid) or at the name it was restored under (its ``restore`` row).
+        """
+        key = (path_key(file.path), file.size, file.mtime_ns)
+        row = (
+            self._db.execute(
+                "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
+                f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
+                key,
+            ).fetchone()
+            or self._db.execute(
+                "SELECT 1 FROM decisions WHERE destination = ? AND size = ? AND mtime_ns = ? "
+                "AND action = 'restore' AND state = 'done' LIMIT 1",
+                key,
+            ).fetchone()
+        )
         return row is not None
 
     def pending(self) -> list[Entry]:

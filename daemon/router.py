@@ -14,6 +14,7 @@ take are claimed in memory so the plan shows the same renames.
 from __future__ import annotations
 
 import ntpath
+import os
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -26,8 +27,8 @@ from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
-    candidates,
     confined,
+    free_name,
     same_content,
     shown,
     temp_path,
@@ -117,11 +118,11 @@ class Router:
         self, file: FileInfo, decision: Decision, folder: str, checkpoints: Mapping[str, str]
     ) -> Outcome:
         target_dir = confined(self.output.root, folder)
-        for dst in candidates(target_dir, file.path.name):
-            if dst.exists() or dst in self._claimed:
-                if self.output.on_conflict == "skip":
-                    return self._skipped(file, decision, dst, checkpoints)
-                continue
+        first = target_dir / file.path.name
+        while True:
+            dst = free_name(target_dir, first.name, self._taken)
+            if dst != first and self.output.on_conflict == "skip":
+                return self._skipped(file, decision, first, checkpoints)
             if self.dry_run:
                 self._claimed.add(dst)
                 return Outcome(file, decision, dst, "planned", decision.note, checkpoints)
@@ -133,14 +134,16 @@ class Router:
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
             try:
                 transfer(file.path, dst, str(entry_id), copy=self.force_copy)
-            except FileExistsError:  # the name was taken after we looked: try the next one
+            except FileExistsError:  # the name was taken after we looked: find another
                 self.journal.finish(entry_id, "abandoned", "destination appeared; renamed")
                 continue
             except OSError as exc:
                 return self._failed(file, decision, dst, entry_id, exc, checkpoints)
             self.journal.finish(entry_id, "done")
             return Outcome(file, decision, dst, "done", decision.note, checkpoints)
-        raise AssertionError("unreachable: candidates() never ends")
+
+    def _taken(self, path: Path) -> bool:
+        return path in self._claimed or os.path.lexists(path)
 
     def _skipped(
         self, file: FileInfo, decision: Decision, dst: Path, checkpoints: Mapping[str, str]
@@ -291,8 +294,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) -> Outcome:
-    """Move one finished move back to its source; never overwrites. Undo's one step."""
+def restore(
+    journal: Journal,
+    entry: Entry,
+    run: str,
+    *,
+    dry_run: bool = False,
+    claimed: set[Path] | None = None,
+) -> Outcome:
+    """Move one finished move back to its source; undo's one step. Never overwrites: if the
+    source name is taken (a generator that reused the name, say), the file comes back
+    next to it as ``name-1.png``, and the outcome's note says so. ``claimed`` carries the
+    names a dry run has planned, so two rows are not planned to one name."""
     assert entry.destination is not None
     back = FileInfo(entry.destination, entry.size, entry.mtime_ns, entry.sha256)
     decision = Decision("move", entry.reason, entry.label, entry.probability)  # type: ignore[arg-type]
@@ -300,21 +313,38 @@ def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) 
         return Outcome(back, decision, entry.source, "failed", "no longer at its destination")
     if not same_content(entry.destination, entry.size, entry.sha256):
         return Outcome(back, decision, entry.source, "skipped", "changed since it was sorted")
-    if entry.source.exists():
-        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
-    if dry_run:
-        return Outcome(back, decision, entry.source, "planned")
-    entry.source.parent.mkdir(parents=True, exist_ok=True)
-    entry_id = journal.begin(
-        run, back, decision, entry.source, entry.checkpoints, action="restore", undoes=entry.id
-    )
-    try:
-        transfer(entry.destination, entry.source, str(entry_id))
-    except FileExistsError:
-        journal.finish(entry_id, "abandoned", "its original path was taken")
-        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
-    except OSError as exc:
-        journal.finish(entry_id, "failed", str(exc))
-        return Outcome(back, decision, entry.source, "failed", str(exc))
-    journal.finish(entry_id, "done")
-    return Outcome(back, decision, entry.source, "done")
+    planned = claimed if claimed is not None else set()
+
+    def taken(path: Path) -> bool:
+        return path in planned or os.path.lexists(path)
+
+    folder, name = entry.source.parent, entry.source.name
+    while True:
+        target = free_name(folder, name, taken)
+        note = (
+            ""
+            if target == entry.source
+            else f"{shown(name)} is taken; restored as {shown(target.name)}"
+        )
+        if dry_run:
+            planned.add(target)
+            return Outcome(back, decision, target, "planned", note)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return Outcome(
+                back, decision, target, "failed", f"cannot create {shown(folder)}: {exc}"
+            )
+        entry_id = journal.begin(
+            run, back, decision, target, entry.checkpoints, action="restore", undoes=entry.id
+        )
+        try:
+            transfer(entry.destination, target, str(entry_id))
+        except FileExistsError:
+            journal.finish(entry_id, "abandoned", "the name was taken meanwhile; renamed")
+            continue
+        except OSError as exc:
+            journal.finish(entry_id, "failed", str(exc))
+            return Outcome(back, decision, target, "failed", str(exc))
+        journal.finish(entry_id, "done", note)
+        return Outcome(back, decision, target, "done", note)

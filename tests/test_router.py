@@ -12,7 +12,7 @@ import ntpath
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
     UnsafeDestinationError,
-    candidates,
     confined,
+    free_name,
     same_content,
     temp_path,
     transfer,
@@ -197,9 +197,7 @@ def test_confined_accepts_a_class_name(tmp_path: Path) -> None:
     assert confined(root, "_rejected") == root / "_rejected"
 
 
-def test_candidates_and_temp_path(tmp_path: Path) -> None:
-    names = candidates(tmp_path, "gen.v2.png")
-    assert [next(names).name for _ in range(3)] == ["gen.v2.png", "gen.v2-1.png", "gen.v2-2.png"]
+def test_temp_path(tmp_path: Path) -> None:
     tmp = temp_path(tmp_path / "gen.png", "12")
     assert tmp.parent == tmp_path
     assert tmp.name.startswith(TEMP_PREFIX)
@@ -606,17 +604,21 @@ def test_restore_moves_it_back(journal: Journal, src_dir: Path, out: Path) -> No
 
 def test_restore_never_overwrites(journal: Journal, src_dir: Path, out: Path) -> None:
     src = _image(src_dir / "gen.png", seed=1)
-    data = src.read_bytes()
-    _router(journal, out).apply(_info(src), MOVE, CHECKPOINTS)
+    data, info = src.read_bytes(), _info(src)
+    _router(journal, out).apply(info, MOVE, CHECKPOINTS)
     [entry] = journal.finished(run=RUN)
     _image(src, seed=2)  # a new image took the name
     newcomer = src.read_bytes()
     outcome = restore(journal, entry, "undo-1")
-    assert outcome.state == "skipped"
+    assert outcome.state == "done"
+    assert outcome.destination == src_dir / "gen-1.png"  # next to it, under a new name
+    assert outcome.note == "gen.png is taken; restored as gen-1.png"
     assert src.read_bytes() == newcomer
-    assert (out / "red" / "gen.png").read_bytes() == data
-    assert journal.get(entry.id).state == "done"
-    assert len(journal.history()) == 1
+    assert (src_dir / "gen-1.png").read_bytes() == data
+    assert not (out / "red" / "gen.png").exists()
+    assert journal.get(entry.id).state == "undone"
+    # where it came back counts as decided: a later sort does not move it again
+    assert journal.decided(FileInfo(src_dir / "gen-1.png", info.size, info.mtime_ns))
 
 
 def test_restore_dry_run_changes_nothing(journal: Journal, src_dir: Path, out: Path) -> None:
@@ -689,3 +691,58 @@ def test_trash_where_it_would_delete_for_good_quarantines_instead(
     assert outcome.decision.action == "quarantine" and "no recycle bin" in outcome.note
     assert outcome.destination == out / "_rejected" / "on-a-share.png"
     assert outcome.destination.exists() and not src.exists()
+
+
+# --- names, placeholders and sources that change -------------------------------------------
+
+
+def test_a_free_name_among_ten_thousand_takes_few_probes(
+    journal: Journal, src_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = out / "red"
+    folder.mkdir(parents=True)
+    taken = ["gen.png", *(f"gen-{n}.png" for n in range(1, 10_000))]
+    for name in taken:
+        os.close(os.open(folder / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    src = _image(src_dir / "gen.png")
+    data = src.read_bytes()
+    probes: list[str] = []
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def counted(real: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+        """``real``, counting the calls that ask about a name in ``folder``."""
+
+        def probe(path: str | os.PathLike[str], *args: object, **kwargs: object) -> os.stat_result:
+            if Path(os.fsdecode(path)).parent == folder:
+                probes.append(Path(os.fsdecode(path)).name)
+            return real(path, *args, **kwargs)
+
+        return probe
+
+    monkeypatch.setattr(os, "stat", counted(real_stat))
+    monkeypatch.setattr(os, "lstat", counted(real_lstat))
+    outcome = _router(journal, out).apply(_info(src), MOVE, CHECKPOINTS)
+    monkeypatch.undo()
+    assert outcome.state == "done"
+    assert outcome.destination == folder / "gen-10000.png"
+    assert outcome.destination.read_bytes() == data
+    assert len(probes) < 60, f"{len(probes)} probes for one name"
+    assert all((folder / name).stat().st_size == 0 for name in taken)  # none overwritten
+
+
+def test_free_name_fills_from_the_lowest_few_then_jumps(tmp_path: Path) -> None:
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2.png"
+    (tmp_path / "gen.v2.png").touch()
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2-1.png"
+    for n in (1, 2, 4):
+        (tmp_path / f"gen.v2-{n}.png").touch()
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2-3.png"
+    asked: list[str] = []
+
+    def taken(path: Path) -> bool:  # gen-1 ... gen-999 exist
+        asked.append(path.name)
+        number = path.stem.rpartition("-")[2]
+        return path.name == "gen.png" or (number.isdigit() and int(number) < 1000)
+
+    assert free_name(tmp_path, "gen.png", taken) == tmp_path / "gen-1000.png"
+    assert len(asked) < 30
