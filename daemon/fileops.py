@@ -8,7 +8,8 @@
   which repair resolves by removing the source;
 * no hard links there (FAT, some network shares): the name is reserved with
   ``O_CREAT | O_EXCL`` and ``os.replace`` renames the file over our own empty
-  placeholder;
+  placeholder (removed again if the rename fails: a source that vanished leaves
+  no empty file behind);
 * another filesystem: the bytes are copied to ``<dst dir>/.gensift-tmp-<tag>-<name>``,
   fsynced and placed as above, and only then is the source removed.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +106,11 @@ def temp_path(dst: Path, tag: str) -> Path:
     return dst.with_name(f"{TEMP_PREFIX}{tag}-{dst.name}")
 
 
+#: :func:`temp_path` names (the tag is a journal row id); ``models`` stages checkpoints
+#: under the same prefix with a hex tag and no dash, which this does not match
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-.", re.DOTALL)
+
+
 def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
     """Move ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (nothing changed then).
 
@@ -156,15 +163,28 @@ def _place(src: Path, dst: Path) -> None:
         if exc.errno == errno.EXDEV:
             raise
         # No hard links on this filesystem: reserve the name, then rename over our placeholder.
-        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            placeholder = os.fstat(fd)
+        finally:
+            os.close(fd)
         try:
             src.replace(dst)
-        except OSError:
-            if src.exists():  # the rename did not happen: drop our placeholder
-                dst.unlink(missing_ok=True)
+        except OSError:  # the rename did not happen (the source vanished, say)
+            _drop_placeholder(dst, placeholder)
             raise
         return
     _remove_source(src, dst)
+
+
+def _drop_placeholder(dst: Path, placeholder: os.stat_result) -> None:
+    """Remove ``dst`` if it is still the empty file we created to reserve the name."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return
+    if st.st_size == 0 and (st.st_dev, st.st_ino) == (placeholder.st_dev, placeholder.st_ino):
+        dst.unlink()
 
 
 def _remove_source(src: Path, dst: Path) -> None:

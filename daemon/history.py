@@ -63,7 +63,7 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
     lock = nullcontext() if dry_run else JournalLock(path, "undo")
     with lock, Journal.open_readonly(path) if dry_run else Journal.open(path) as journal:
         if not dry_run:
-            repair(journal)
+            repair(journal, settings.output.root)
         if since is not None:
             start = datetime.now(UTC) - since
             entries = journal.finished(since=start)

@@ -4,8 +4,8 @@ The :class:`Router` carries out a :class:`~gensift.daemon.decide.Decision`:
 move to ``<root>/<class>/``, quarantine to ``<root>/_rejected/``, review to
 ``<root>/_review/``, the OS recycle bin (falling back to quarantine where there
 is none), permanent delete, or leave in place. :func:`repair` settles what a
-crash interrupted and :func:`restore` is undo's inverse move; all three share
-:func:`gensift.daemon.fileops.transfer`.
+crash interrupted (and removes the staging copies it left) and :func:`restore`
+is undo's inverse move; all three share :func:`gensift.daemon.fileops.transfer`.
 
 In a dry run nothing on disk or in the journal changes; names a real run would
 take are claimed in memory so the plan shows the same renames.
@@ -27,6 +27,7 @@ from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
+    TEMP_NAME,
     confined,
     free_name,
     same_content,
@@ -234,7 +235,7 @@ def _windows_drive_type(root: str) -> int:
     return int(ctypes.windll.kernel32.GetDriveTypeW(root))  # type: ignore[attr-defined]
 
 
-def repair(journal: Journal) -> int:
+def repair(journal: Journal, output_root: Path | None = None) -> int:
     """Settle every operation a crash interrupted; returns how many there were.
 
     For each ``intent`` row: the file is in exactly one place afterwards. A move
@@ -242,6 +243,10 @@ def repair(journal: Journal) -> int:
     that had is marked done; a copy that reached its destination loses its
     source; an empty placeholder or a staging copy of ours is removed. A file
     at the destination that is not ours is never touched.
+
+    Then, with ``output_root``, the staging copies a crash left under it that no
+    row still unsettled needs are removed (:func:`remove_temporaries`): repair
+    first, so that a row it settles no longer holds on to its copy.
     """
     pending = journal.pending()
     for entry in pending:
@@ -254,7 +259,55 @@ def repair(journal: Journal) -> int:
         journal.finish(entry.id, state, note)
         logger.info("journal repair: {} {} -> {}: {}", entry.action, shown(entry.source),
                     state, note)  # fmt: skip
+    if output_root is not None:
+        remove_temporaries(journal, output_root)
     return len(pending)
+
+
+def remove_temporaries(journal: Journal, root: Path) -> int:
+    """Remove gensift's staging copies (:func:`~gensift.daemon.fileops.temp_path` names)
+    under ``root`` that no unsettled journal row needs; how many.
+
+    Each is a partial or redundant copy of a file that is still in its place: a copy
+    is staged only after its intent row is committed, and repair settles that row
+    (removing the copy) whenever it can. Only names of exactly that form are
+    touched, and no symlink is followed.
+    """
+    needed = {
+        temp_path(entry.destination, str(entry.id))
+        for entry in journal.pending()
+        if entry.destination is not None
+    }
+    removed = 0
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("{}: cannot list this folder to clean up ({}); skipped",
+                           shown(folder), exc.strerror or exc)  # fmt: skip
+            continue
+        for item in entries:
+            path = Path(item.path)
+            if item.is_dir(follow_symlinks=False):
+                folders.append(path)
+            elif (
+                item.is_file(follow_symlinks=False)
+                and TEMP_NAME.match(item.name)
+                and path not in needed
+            ):
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    logger.warning("{}: cannot remove this staging copy ({})", shown(path),
+                                   exc.strerror or exc)  # fmt: skip
+                    continue
+                logger.info("removed {}, a staging copy an interrupted run left", shown(path))
+                removed += 1
+    return removed
 
 
 def _settle(entry: Entry) -> tuple[str, str]:

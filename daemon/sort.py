@@ -83,7 +83,7 @@ def run_sort(
         Journal.open_readonly(journal_path) if dry_run else Journal.open(journal_path) as journal,
     ):
         if not dry_run:
-            result.repaired = repair(journal)
+            result.repaired = repair(journal, settings.output.root)
         todo, result.already = undecided(paths, journal)
         router = Router(
             settings.output,

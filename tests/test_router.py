@@ -34,7 +34,13 @@ from gensift.daemon.fileops import (
     transfer,
 )
 from gensift.daemon.journal import Journal
-from gensift.daemon.router import Router, repair, restore, trash_keeps_files
+from gensift.daemon.router import (
+    Router,
+    remove_temporaries,
+    repair,
+    restore,
+    trash_keeps_files,
+)
 from gensift.models.fsutil import TEMP_PREFIX
 
 RUN = "run-1"
@@ -746,3 +752,37 @@ def test_free_name_fills_from_the_lowest_few_then_jumps(tmp_path: Path) -> None:
 
     assert free_name(tmp_path, "gen.png", taken) == tmp_path / "gen-1000.png"
     assert len(asked) < 30
+
+
+@pytest.mark.usefixtures("no_hard_links")
+def test_a_source_that_vanished_leaves_no_placeholder(tmp_path: Path) -> None:
+    src = tmp_path / "a" / "gen.png"  # deleted by the user after it was decided
+    src.parent.mkdir()
+    dst = tmp_path / "b" / "gen.png"
+    dst.parent.mkdir()
+    with pytest.raises(FileNotFoundError):
+        transfer(src, dst, "7")
+    assert list(dst.parent.iterdir()) == []
+
+
+def test_staging_copies_are_removed_unless_an_unsettled_row_needs_them(
+    journal: Journal, crash: tuple[Path, Path, bytes], src_dir: Path, out: Path
+) -> None:
+    src, dst, data = crash
+    held = _intent(journal, src, dst)  # a cross-filesystem copy interrupted half way
+    needed = temp_path(dst, str(held))
+    stale = [temp_path(dst.with_name("old.png"), "12"), temp_path(out / "_rejected" / "b.png", "3")]
+    theirs = [dst.with_name(".gensift-tmp-notes.png"), dst.with_name("mine.png")]
+    theirs.append(src_dir / stale[0].name)  # not under the output root
+    for path in [needed, *stale, *theirs]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[:100])
+    assert remove_temporaries(journal, out) == 2
+    assert needed.exists()  # its row is not settled yet
+    assert not [p for p in stale if p.exists()]
+    assert all(p.exists() for p in theirs)
+    assert repair(journal, out) == 1  # settles the row, which drops its copy
+    assert not needed.exists()
+    assert journal.get(held).state == "abandoned"
+    assert src.read_bytes() == data
+    assert all(p.exists() for p in theirs)
