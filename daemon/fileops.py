@@ -14,14 +14,20 @@
   fsynced and placed as above, and only then is the source removed.
 
 The bytes are never re-encoded (PNG text chunks survive); the modification
-time is kept. :func:`free_name` finds a name no file has in a few probes,
-however many ``name-N.png`` there are; :func:`confined` refuses any
-destination outside the output root;
-:func:`shown` spells a path for people (names that are not UTF-8 escaped).
+time is kept. A copy checks the source against the size and modification time
+the journal recorded, and that it did not change while it was copied; if it
+did, the copy is dropped and :class:`SourceChangedError` says so (the source
+is untouched: a file still being written never loses its tail).
+
+:func:`free_name` finds a name no file has in a few probes, however many
+``name-N.png`` there are; :func:`confined` refuses any destination outside the
+output root; :func:`shown` spells a path for people (names that are not UTF-8
+escaped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -36,6 +42,11 @@ from gensift.models.fsutil import TEMP_PREFIX, fsync_dir
 
 class UnsafeDestinationError(InputError):
     """A destination would escape the output root."""
+
+
+class SourceChangedError(OSError):
+    """The source was not the file the journal recorded, or changed while it was copied;
+    nothing was moved."""
 
 
 def shown(path: os.PathLike[str] | str) -> str:
@@ -111,10 +122,16 @@ def temp_path(dst: Path, tag: str) -> Path:
 TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-.", re.DOTALL)
 
 
-def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
+def transfer(
+    src: Path, dst: Path, tag: str, *, copy: bool = False, expect: tuple[int, int] | None = None
+) -> None:
     """Move ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (nothing changed then).
 
-    ``copy`` forces the cross-filesystem path; ``tag`` names its temporary file.
+    ``copy`` forces the cross-filesystem path; ``tag`` names its temporary file. A copy
+    raises :class:`SourceChangedError` (and moves nothing) when the source's size and
+    modification time are not ``expect`` (what the journal recorded), or change while it
+    is copied. On one filesystem the file keeps its inode, so a writer that still holds
+    it open writes to the moved file and loses nothing.
     """
     if not copy:
         try:
@@ -126,26 +143,64 @@ def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
                 raise
     tmp = temp_path(dst, tag)
     try:
-        with src.open("rb") as reader, tmp.open("xb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
-            writer.flush()
-            os.fsync(writer.fileno())
-        _keep_times(src, tmp)
+        read = _copy(src, tmp, expect)
         _place(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(dst.parent)
+    try:
+        _check_unchanged(src, read)
+    except FileNotFoundError:
+        return  # removed meanwhile: ``dst`` is now the only copy and must stay
+    except SourceChangedError:
+        dst.unlink()  # our copy of an older state: the source stays the only file
+        fsync_dir(dst.parent)
+        raise
     _remove_source(src, dst)
     fsync_dir(src.parent)
 
 
-def _keep_times(src: Path, copy: Path) -> None:
-    """Give the copy the source's times; best effort (CIFS shares refuse utime)."""
-    try:
-        st = src.stat()
+def _copy(src: Path, tmp: Path, expect: tuple[int, int] | None) -> os.stat_result:
+    """Copy ``src`` to the new file ``tmp`` (fsynced, with the source's times); the source's
+    status as read, checked against ``expect`` before and against itself after."""
+    with src.open("rb") as reader:
+        before = os.fstat(reader.fileno())
+        if expect is not None and (before.st_size, before.st_mtime_ns) != expect:
+            raise _changed(src, "since it was read", expect[0], before)
+        with tmp.open("xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+            copied = writer.tell()
+        after = os.fstat(reader.fileno())
+    if copied != before.st_size or _signature(after) != _signature(before):
+        raise _changed(src, "while it was copied", before.st_size, after)
+    _keep_times(before, tmp)
+    return before
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(src: Path, read: os.stat_result) -> None:
+    """Raise unless ``src`` is still the file that was copied, as it was."""
+    now = src.stat()
+    if _signature(now) != _signature(read):
+        raise _changed(src, "while it was copied", read.st_size, now)
+
+
+def _changed(src: Path, when: str, size: int, now: os.stat_result) -> SourceChangedError:
+    detail = f"{now.st_size} bytes, {size} expected" if now.st_size != size else "rewritten"
+    return SourceChangedError(
+        errno.EAGAIN, f"{shown(src)} changed {when} ({detail}); nothing was moved"
+    )
+
+
+def _keep_times(st: os.stat_result, copy: Path) -> None:
+    """Give the copy the source's times ``st``; best effort (CIFS shares refuse utime)."""
+    with contextlib.suppress(OSError):
         os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
-    except OSError:
-        pass
 
 
 def _place(src: Path, dst: Path) -> None:

@@ -28,6 +28,7 @@ from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
     TEMP_NAME,
+    SourceChangedError,
     confined,
     free_name,
     same_content,
@@ -43,9 +44,10 @@ class Outcome:
     """What happened to one file.
 
     ``state``: done, planned (dry run), skipped (name taken, ``on_conflict = "skip"``),
-    failed, or, with no decision: stale (changed since it was read), unsettled
-    (still being written), unreadable or gone. Those are not journaled and are
-    seen again by the next run or rescan.
+    failed, stale (changed since it was read, or while it was copied to another
+    disk: left in place), or, with no decision: unsettled (still being written),
+    unreadable or gone. Stale and undecided files are seen again by the next run or
+    rescan.
     """
 
     file: FileInfo
@@ -133,11 +135,16 @@ class Router:
                 note = f"cannot create {shown(target_dir)}: {exc.strerror or exc}; left in place"
                 return Outcome(file, decision, dst, "failed", note, checkpoints)
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
+            expect = (file.size, file.mtime_ns)
             try:
-                transfer(file.path, dst, str(entry_id), copy=self.force_copy)
+                transfer(file.path, dst, str(entry_id), copy=self.force_copy, expect=expect)
             except FileExistsError:  # the name was taken after we looked: find another
                 self.journal.finish(entry_id, "abandoned", "destination appeared; renamed")
                 continue
+            except SourceChangedError as exc:  # still being written: the next rescan
+                note = f"{exc.strerror}; left in place, decided again later"
+                self.journal.finish(entry_id, "abandoned", note)
+                return Outcome(file, decision, dst, "stale", note, checkpoints)
             except OSError as exc:
                 return self._failed(file, decision, dst, entry_id, exc, checkpoints)
             self.journal.finish(entry_id, "done")

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
+    SourceChangedError,
     UnsafeDestinationError,
     confined,
     free_name,
@@ -762,6 +764,68 @@ def test_a_source_that_vanished_leaves_no_placeholder(tmp_path: Path) -> None:
     dst.parent.mkdir()
     with pytest.raises(FileNotFoundError):
         transfer(src, dst, "7")
+    assert list(dst.parent.iterdir()) == []
+
+
+def _grows_while_copied(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator still writes ``src`` while gensift copies it: it appends once the copy
+    has read what was there (a timing no test could hit reliably with a real writer)."""
+    real = shutil.copyfileobj
+
+    def copy_then_append(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:
+        real(reader, writer, length)
+        with src.open("ab") as late:
+            late.write(b"the tail of the image")
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_append)
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    if shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as tmp_path")
+    other = Path(tempfile.mkdtemp(prefix="gensift-test-", dir=shm))
+    yield other
+    shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("where", ["forced-copy", "other-filesystem"])
+def test_a_source_that_grows_during_the_copy_is_left_in_place(
+    journal: Journal,
+    src_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    out = request.getfixturevalue("other_filesystem") if where != "forced-copy" else tmp_path / "o"
+    src = _image(src_dir / "gen.png")
+    info = _info(src)
+    _grows_while_copied(src, monkeypatch)
+    router = _router(journal, out, force_copy=where == "forced-copy")
+    outcome = router.apply(info, MOVE, CHECKPOINTS)
+    assert outcome.state == "stale"
+    assert "changed while it was copied" in outcome.note and "decided again" in outcome.note
+    assert src.read_bytes().endswith(b"the tail of the image")  # nothing lost
+    assert not (out / "red" / "gen.png").exists()
+    assert not _temp_files(out)
+    [row] = journal.history()
+    assert row.state == "abandoned" and "changed while it was copied" in row.note
+    assert not journal.decided(info)
+
+
+def test_a_copy_refuses_a_source_unlike_the_journal_says(tmp_path: Path) -> None:
+    src = _image(tmp_path / "a" / "gen.png")
+    recorded = (src.stat().st_size - 100, src.stat().st_mtime_ns)  # read when it was shorter
+    dst = tmp_path / "b" / "gen.png"
+    dst.parent.mkdir()
+    data = src.read_bytes()
+    with pytest.raises(SourceChangedError, match="changed"):
+        transfer(src, dst, "7", copy=True, expect=recorded)
+    assert src.read_bytes() == data
     assert list(dst.parent.iterdir()) == []
 
 
