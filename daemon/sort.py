@@ -100,7 +100,7 @@ def run_sort(
                 for outcome in sifter.sift(todo):
                     bar.update()
                     result.counts[summary_label(outcome)] += 1
-                    result.decided += outcome.decision is not None
+                    result.decided += outcome.decision is not None and outcome.state != "stale"
                     result.failed += outcome.state in ("failed", "unreadable")
                     write_row(outcome)
                     if dry_run:
@@ -142,7 +142,7 @@ def plan_row(outcome: Outcome) -> list[str]:
 def summary_label(outcome: Outcome) -> str:
     """The line of the closing summary an outcome counts towards."""
     d = outcome.decision
-    if d is None:
+    if d is None or outcome.state == "stale":  # a stale file was left as it was
         return f"not decided: {outcome.state} (tried again next run)"
     if outcome.state in ("skipped", "failed"):
         return f"{outcome.state}: {d.action} ({d.reason})"

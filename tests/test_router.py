@@ -43,6 +43,7 @@ from gensift.daemon.router import (
     restore,
     trash_keeps_files,
 )
+from gensift.daemon.sort import summary_label
 from gensift.models.fsutil import TEMP_PREFIX
 
 RUN = "run-1"
@@ -815,6 +816,7 @@ def test_a_source_that_grows_during_the_copy_is_left_in_place(
     [row] = journal.history()
     assert row.state == "abandoned" and "changed while it was copied" in row.note
     assert not journal.decided(info)
+    assert summary_label(outcome) == "not decided: stale (tried again next run)"
 
 
 def test_a_copy_refuses_a_source_unlike_the_journal_says(tmp_path: Path) -> None:
