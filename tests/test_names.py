@@ -4,6 +4,7 @@ undone and shown escaped, by ``sort``, ``undo``, ``history`` and the daemon."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sqlite3
@@ -13,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import draw
+from loguru import logger
 from sortkit import decisions, sha, tiny_checkpoint, write_config
 from watchkit import daemon_thread, wait_decided
 
 from gensift.daemon.cli import main
+from gensift.daemon.config import LogSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.journal import SCHEMA_VERSION, Journal
+from gensift.daemon.logs import setup_logging
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="Windows names are UTF-16; no bytes names there"
@@ -61,7 +65,10 @@ def test_sort_history_and_undo_of_a_name_that_is_not_utf8(
     config = _config(tmp_path, inbox)
 
     assert _sort(config, str(inbox)) == 0
-    assert "sorted 2 file(s)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "sorted 2 file(s)" in said.out
+    assert f"{inbox}/{SHOWN}: move [done]" in said.err  # the log line, escaped
+    assert "Logging error" not in said.err
     assert not bad.exists() and not good.exists()
     out = tmp_path / "out"
     [moved] = [p for p in _files(out) if p.name == BAD]  # the same bytes name
@@ -155,6 +162,14 @@ def test_the_journal_keeps_bytes_names_exactly_and_reads_a_version_1_journal(
         assert [e.source for e in journal.entries()] == [Path("/in/été.png"), bad]
     version = sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION == 2
+
+
+def test_the_log_file_escapes_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    log = tmp_path / "gensift.log"
+    setup_logging(LogSettings(file=log), sink=io.StringIO())
+    logger.info("found {}", tmp_path / BAD)  # a module that logs a path as it is
+    setup_logging(LogSettings(), sink=io.StringIO())  # closes the file
+    assert f"found {tmp_path}/bad\\udcff0.png" in log.read_text(encoding="utf-8")
 
 
 def test_the_daemon_routes_names_that_are_not_utf8_at_start_up_and_while_running(
