@@ -152,8 +152,8 @@ def transfer(
         _check_unchanged(src, read)
     except FileNotFoundError:
         return  # removed meanwhile: ``dst`` is now the only copy and must stay
-    except SourceChangedError:
-        dst.unlink()  # our copy of an older state: the source stays the only file
+    except OSError:  # changed, or cannot be looked at: the source stays the only file
+        dst.unlink()
         fsync_dir(dst.parent)
         raise
     _remove_source(src, dst)
