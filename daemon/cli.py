@@ -142,12 +142,13 @@ def _add_undo(commands: argparse._SubParsersAction) -> None:
         "undo",
         help="move sorted files back where they came from",
         description="Using the journal, move files that gensift moved (to a class folder, "
-        "_rejected/ or _review/) back to their original paths, newest first. Without --since, "
+        "_rejected/ or _review/) back to their original paths, oldest first. Without --since, "
         "undoes the last 'gensift sort' run (after the daemon, --since is required). Needs the "
-        "daemon stopped: one process at a time moves files under a journal. A file whose "
-        "original path is taken again, or that changed since it was sorted, is left where it "
-        "is (nothing is overwritten). Trashed or deleted files are listed; restore trashed "
-        "ones from the recycle bin.",
+        "daemon stopped: one process at a time moves files under a journal. Nothing is "
+        "overwritten: a file whose original name is taken again (a generator that reused "
+        "it) comes back next to it as name-1.png. A file that changed or vanished since it "
+        "was sorted is left where it is, listed with the reason, and the exit code is 1. "
+        "Trashed or deleted files are listed; restore trashed ones from the recycle bin.",
     )
     p.add_argument(
         "--since",
@@ -546,7 +547,7 @@ def _run_undo(args: argparse.Namespace) -> int:
     since = parse_duration(args.since) if args.since else None
     result = run_undo(settings, since, dry_run=args.dry_run)
     format_undo(result, dry_run=args.dry_run, out=sys.stdout)
-    return EXIT_OK
+    return EXIT_FAILURE if result.not_restored else EXIT_OK
 
 
 def _run_history(args: argparse.Namespace) -> int:

@@ -8,21 +8,32 @@
   which repair resolves by removing the source;
 * no hard links there (FAT, some network shares): the name is reserved with
   ``O_CREAT | O_EXCL`` and ``os.replace`` renames the file over our own empty
-  placeholder;
+  placeholder (removed again if the rename fails: a source that vanished leaves
+  no empty file behind);
 * another filesystem: the bytes are copied to ``<dst dir>/.gensift-tmp-<tag>-<name>``,
   fsynced and placed as above, and only then is the source removed.
 
 The bytes are never re-encoded (PNG text chunks survive); the modification
-time is kept. :func:`confined` refuses any destination outside the output root.
+time is kept. A copy checks the source against the size and modification time
+the journal recorded, and that it did not change while it was copied; if it
+did, the copy is dropped and :class:`SourceChangedError` says so (the source
+is untouched: a file still being written never loses its tail).
+
+:func:`free_name` finds a name no file has in a few probes, however many
+``name-N.png`` there are; :func:`confined` refuses any destination outside the
+output root; :func:`shown` spells a path for people (names that are not UTF-8
+escaped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from gensift.models.errors import InputError
@@ -31,6 +42,22 @@ from gensift.models.fsutil import TEMP_PREFIX, fsync_dir
 
 class UnsafeDestinationError(InputError):
     """A destination would escape the output root."""
+
+
+class SourceChangedError(OSError):
+    """The source was not the file the journal recorded, or changed while it was copied;
+    nothing was moved."""
+
+
+def shown(path: os.PathLike[str] | str) -> str:
+    """``path`` as text for a log, a terminal, JSON or CSV: bytes that are not UTF-8 (a
+    name from an old archive) appear as ``\\xff``, so printing it can never fail."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 def confined(root: Path, folder: str) -> Path:
@@ -48,14 +75,41 @@ def confined(root: Path, folder: str) -> Path:
     return target
 
 
-def candidates(folder: Path, name: str) -> Iterator[Path]:
-    """``name``, then ``stem-1.ext``, ``stem-2.ext``, ... in ``folder``."""
-    yield folder / name
+#: how many of ``name-1`` ... ``name-N`` are tried one by one before :func:`free_name` jumps
+LINEAR_PROBES = 4
+
+
+def numbered(folder: Path, name: str, n: int) -> Path:
+    """``folder/name`` for ``n = 0``, else ``folder/stem-n.ext``."""
+    if n == 0:
+        return folder / name
     stem, suffix = Path(name).stem, Path(name).suffix
-    n = 1
-    while True:
-        yield folder / f"{stem}-{n}{suffix}"
-        n += 1
+    return folder / f"{stem}-{n}{suffix}"
+
+
+def free_name(folder: Path, name: str, taken: Callable[[Path], bool] = os.path.lexists) -> Path:
+    """A name in ``folder`` that ``taken`` says is free: ``name``, else ``stem-1.ext`` ...
+
+    The first few numbers are tried in turn (the usual case: the lowest free one); past
+    them the number doubles until one is free and bisection finds the first free one
+    after the taken run, so 10,000 existing ``stem-N.ext`` cost about 30 probes, not
+    10,000. The name is only a candidate: the move creates it with ``O_EXCL`` (or
+    ``link``), which refuses a name taken meanwhile, and then asks again.
+    """
+    for n in range(LINEAR_PROBES + 1):
+        path = numbered(folder, name, n)
+        if not taken(path):
+            return path
+    low, high = LINEAR_PROBES, 2 * LINEAR_PROBES  # low is taken; find a free high
+    while taken(numbered(folder, name, high)):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if taken(numbered(folder, name, middle)):
+            low = middle
+        else:
+            high = middle
+    return numbered(folder, name, high)
 
 
 def temp_path(dst: Path, tag: str) -> Path:
@@ -63,10 +117,21 @@ def temp_path(dst: Path, tag: str) -> Path:
     return dst.with_name(f"{TEMP_PREFIX}{tag}-{dst.name}")
 
 
-def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
+#: :func:`temp_path` names (the tag is a journal row id); ``models`` stages checkpoints
+#: under the same prefix with a hex tag and no dash, which this does not match
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-.", re.DOTALL)
+
+
+def transfer(
+    src: Path, dst: Path, tag: str, *, copy: bool = False, expect: tuple[int, int] | None = None
+) -> None:
     """Move ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (nothing changed then).
 
-    ``copy`` forces the cross-filesystem path; ``tag`` names its temporary file.
+    ``copy`` forces the cross-filesystem path; ``tag`` names its temporary file. A copy
+    raises :class:`SourceChangedError` (and moves nothing) when the source's size and
+    modification time are not ``expect`` (what the journal recorded), or change while it
+    is copied. On one filesystem the file keeps its inode, so a writer that still holds
+    it open writes to the moved file and loses nothing.
     """
     if not copy:
         try:
@@ -78,26 +143,64 @@ def transfer(src: Path, dst: Path, tag: str, *, copy: bool = False) -> None:
                 raise
     tmp = temp_path(dst, tag)
     try:
-        with src.open("rb") as reader, tmp.open("xb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
-            writer.flush()
-            os.fsync(writer.fileno())
-        _keep_times(src, tmp)
+        read = _copy(src, tmp, expect)
         _place(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(dst.parent)
+    try:
+        _check_unchanged(src, read)
+    except FileNotFoundError:
+        return  # removed meanwhile: ``dst`` is now the only copy and must stay
+    except OSError:  # changed, or cannot be looked at: the source stays the only file
+        dst.unlink()
+        fsync_dir(dst.parent)
+        raise
     _remove_source(src, dst)
     fsync_dir(src.parent)
 
 
-def _keep_times(src: Path, copy: Path) -> None:
-    """Give the copy the source's times; best effort (CIFS shares refuse utime)."""
-    try:
-        st = src.stat()
+def _copy(src: Path, tmp: Path, expect: tuple[int, int] | None) -> os.stat_result:
+    """Copy ``src`` to the new file ``tmp`` (fsynced, with the source's times); the source's
+    status as read, checked against ``expect`` before and against itself after."""
+    with src.open("rb") as reader:
+        before = os.fstat(reader.fileno())
+        if expect is not None and (before.st_size, before.st_mtime_ns) != expect:
+            raise _changed(src, "since it was read", expect[0], before)
+        with tmp.open("xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+            copied = writer.tell()
+        after = os.fstat(reader.fileno())
+    if copied != before.st_size or _signature(after) != _signature(before):
+        raise _changed(src, "while it was copied", before.st_size, after)
+    _keep_times(before, tmp)
+    return before
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(src: Path, read: os.stat_result) -> None:
+    """Raise unless ``src`` is still the file that was copied, as it was."""
+    now = src.stat()
+    if _signature(now) != _signature(read):
+        raise _changed(src, "while it was copied", read.st_size, now)
+
+
+def _changed(src: Path, when: str, size: int, now: os.stat_result) -> SourceChangedError:
+    detail = f"{now.st_size} bytes, {size} expected" if now.st_size != size else "rewritten"
+    return SourceChangedError(
+        errno.EAGAIN, f"{shown(src)} changed {when} ({detail}); nothing was moved"
+    )
+
+
+def _keep_times(st: os.stat_result, copy: Path) -> None:
+    """Give the copy the source's times ``st``; best effort (CIFS shares refuse utime)."""
+    with contextlib.suppress(OSError):
         os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
-    except OSError:
-        pass
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -115,15 +218,28 @@ def _place(src: Path, dst: Path) -> None:
         if exc.errno == errno.EXDEV:
             raise
         # No hard links on this filesystem: reserve the name, then rename over our placeholder.
-        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            placeholder = os.fstat(fd)
+        finally:
+            os.close(fd)
         try:
             src.replace(dst)
-        except OSError:
-            if src.exists():  # the rename did not happen: drop our placeholder
-                dst.unlink(missing_ok=True)
+        except OSError:  # the rename did not happen (the source vanished, say)
+            _drop_placeholder(dst, placeholder)
             raise
         return
     _remove_source(src, dst)
+
+
+def _drop_placeholder(dst: Path, placeholder: os.stat_result) -> None:
+    """Remove ``dst`` if it is still the empty file we created to reserve the name."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return
+    if st.st_size == 0 and (st.st_dev, st.st_ino) == (placeholder.st_dev, placeholder.st_ino):
+        dst.unlink()
 
 
 def _remove_source(src: Path, dst: Path) -> None:

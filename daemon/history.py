@@ -7,9 +7,11 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TextIO
 
 from gensift.daemon.config import Settings
+from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Entry, Journal
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.router import Outcome, repair, restore
@@ -41,9 +43,18 @@ class UndoResult:
     not_undoable: list[Entry] = field(default_factory=list)
     scope: str = ""
 
+    @property
+    def not_restored(self) -> list[tuple[Entry, Outcome]]:
+        """The moves that were not (or, in a dry run, would not be) put back."""
+        return [(e, o) for e, o in self.outcomes if o.state not in ("done", "planned")]
+
 
 def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = False) -> UndoResult:
-    """Move files back where they came from: all moves within ``since``, else the last run."""
+    """Move files back where they came from: all moves within ``since``, else the last run.
+
+    Oldest first, each row to its own source: when a generator reused a name, the first
+    file gets it back and a later one comes back next to it as ``name-1.png``.
+    """
     path = settings.journal.path
     result = UndoResult()
     if not dry_run and not path.exists():
@@ -52,7 +63,7 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
     lock = nullcontext() if dry_run else JournalLock(path, "undo")
     with lock, Journal.open_readonly(path) if dry_run else Journal.open(path) as journal:
         if not dry_run:
-            repair(journal)
+            repair(journal, settings.output.root)
         if since is not None:
             start = datetime.now(UTC) - since
             entries = journal.finished(since=start)
@@ -71,24 +82,33 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
                 result.not_undoable = journal.finished(("trash", "delete"), run=run)
             result.scope = f"the last run ({run})" if run else "the journal (no moves yet)"
         undo_run = new_run_id("undo")
-        for entry in entries:
-            result.outcomes.append((entry, restore(journal, entry, undo_run, dry_run=dry_run)))
+        claimed: set[Path] = set()
+        for entry in reversed(entries):  # oldest first
+            outcome = restore(journal, entry, undo_run, dry_run=dry_run, claimed=claimed)
+            result.outcomes.append((entry, outcome))
     return result
 
 
 def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:
+    """One line per move (restored, or not and why), per trashed or deleted file, and a total."""
     verb = "would restore" if dry_run else "restored"
     for entry, outcome in result.outcomes:
+        assert entry.destination is not None and outcome.destination is not None
+        move = f"{shown(entry.destination)} -> {shown(outcome.destination)}"
+        note = f" ({outcome.note})" if outcome.note else ""
         if outcome.state in ("done", "planned"):
-            print(f"{verb} {entry.destination} -> {entry.source}", file=out)
+            print(f"{verb} {move}{note}", file=out)
         else:
-            print(f"not restored: {entry.destination} ({outcome.note})", file=out)
+            print(f"not restored: {move}{note}", file=out)
     for entry in result.not_undoable:
         where = "is in the recycle bin" if entry.action == "trash" else "was deleted"
-        print(f"cannot undo: {entry.source} {where}", file=out)
-    done = sum(o.state in ("done", "planned") for _, o in result.outcomes)
+        print(f"cannot undo: {shown(entry.source)} {where}", file=out)
+    done = len(result.outcomes) - len(result.not_restored)
+    left = (
+        f"; {len(result.not_restored)} not restored (listed above)" if result.not_restored else ""
+    )
     print(
-        f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}"
+        f"{verb} {done} of {len(result.outcomes)} moved file(s) from {result.scope}{left}"
         + ("; dry run: nothing was changed" if dry_run else ""),
         file=out,
     )
@@ -99,9 +119,9 @@ def format_entry(entry: Entry) -> str:
     when = entry.time[:19].replace("T", " ")
     what = entry.action if entry.label is None else f"{entry.action} {entry.label}"
     p = "" if entry.probability is None else f" p={entry.probability:.3f}"
-    target = "" if entry.destination is None else f" -> {entry.destination}"
+    target = "" if entry.destination is None else f" -> {shown(entry.destination)}"
     note = f" ({entry.note})" if entry.note else ""
-    return f"{when}  {what} [{entry.reason}, {entry.state}]{p}  {entry.source}{target}{note}"
+    return f"{when}  {what} [{entry.reason}, {entry.state}]{p}  {shown(entry.source)}{target}{note}"
 
 
 def show_history(settings: Settings, limit: int, *, as_json: bool, out: TextIO) -> int:

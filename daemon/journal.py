@@ -11,11 +11,19 @@ its own ``restore`` rows. :func:`gensift.daemon.router.repair` settles the
 WAL mode with ``synchronous = FULL``: a commit is on disk before the file
 operation it announces starts, even across a power cut; readers (``history``)
 never block the daemon.
+
+Paths are stored losslessly: as text when they are valid UTF-8 (every path of a
+version 1 journal), else as a BLOB of the name's bytes (``os.fsencode``: a name
+from an old archive on Linux, say ``bad\\xff0.png``). One path always has the
+same form, so equality lookups find it. Schema 2 only adds that (and an index
+on ``destination``); gensift before it could not read a BLOB path, so it
+refuses a version 2 journal instead of crashing on one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,9 +33,10 @@ from typing import Any
 
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
+from gensift.daemon.fileops import shown
 from gensift.models.errors import RuntimeProblem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id            INTEGER PRIMARY KEY,
@@ -50,6 +59,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_source ON decisions(source);
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
+CREATE INDEX IF NOT EXISTS decisions_destination ON decisions(destination);
 """
 #: States in which a file counts as decided and is not processed again.
 DECIDED_STATES = ("done", "skipped", "undone")
@@ -87,8 +97,8 @@ class Entry:
         return {
             "id": self.id,
             "time": self.time,
-            "source": str(self.source),
-            "destination": None if self.destination is None else str(self.destination),
+            "source": shown(self.source),
+            "destination": None if self.destination is None else shown(self.destination),
             "action": self.action,
             "reason": self.reason,
             "class": self.label,
@@ -108,13 +118,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def path_key(path: Path) -> str | bytes:
+    """How the journal stores ``path``: text if it is valid UTF-8, else its bytes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def _text(note: str) -> str:
+    """``note`` as SQLite can store it: a path that is not UTF-8 inside it is escaped."""
+    return note.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _path(value: str | bytes) -> Path:
+    return Path(os.fsdecode(value))
+
+
 def _entry(row: sqlite3.Row) -> Entry:
     return Entry(
         id=row["id"],
         run=row["run"],
         time=row["time"],
-        source=Path(row["source"]),
-        destination=None if row["destination"] is None else Path(row["destination"]),
+        source=_path(row["source"]),
+        destination=None if row["destination"] is None else _path(row["destination"]),
         action=row["action"],
         reason=row["reason"],
         label=row["label"],
@@ -203,8 +232,8 @@ class Journal:
             (
                 run,
                 _now(),
-                str(file.path),
-                None if destination is None else str(destination),
+                path_key(file.path),
+                None if destination is None else path_key(destination),
                 action or decision.action,
                 decision.reason,
                 decision.label,
@@ -215,7 +244,7 @@ class Journal:
                 file.mtime_ns,
                 file.sha256,
                 state,
-                decision.note,
+                _text(decision.note),
                 undoes,
             ),
         )
@@ -231,7 +260,7 @@ class Journal:
             else:
                 self._db.execute(
                     "UPDATE decisions SET state = ?, note = ? WHERE id = ?",
-                    (state, note, entry_id),
+                    (state, _text(note), entry_id),
                 )
             if state == "done":
                 self._db.execute(
@@ -243,12 +272,24 @@ class Journal:
     # -- reading ---------------------------------------------------------------------------
 
     def decided(self, file: FileInfo) -> bool:
-        """Whether this file (same path, size and modification time) already has a decision."""
-        row = self._db.execute(
-            "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
-            f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
-            (str(file.path), file.size, file.mtime_ns),
-        ).fetchone()
+        """Whether this file (same path, size and modification time) already has a decision.
+
+        A file ``gensift undo`` put back counts as decided, at its original path (the row
+        it undid) or at the name it was restored under (its ``restore`` row).
+        """
+        key = (path_key(file.path), file.size, file.mtime_ns)
+        row = (
+            self._db.execute(
+                "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
+                f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
+                key,
+            ).fetchone()
+            or self._db.execute(
+                "SELECT 1 FROM decisions WHERE destination = ? AND size = ? AND mtime_ns = ? "
+                "AND action = 'restore' AND state = 'done' LIMIT 1",
+                key,
+            ).fetchone()
+        )
         return row is not None
 
     def pending(self) -> list[Entry]:

@@ -65,6 +65,7 @@ def _add_file_sink(log: LogSettings) -> None:
             retention=FILE_RETENTION,
             enqueue=False,
             encoding="utf-8",
+            errors="backslashreplace",  # a path that is not UTF-8 is escaped, not lost
             backtrace=False,
             diagnose=False,
         )

@@ -36,6 +36,7 @@ from gensift.daemon.decode import (
     default_workers,
     formats_for,
 )
+from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Journal
 from gensift.daemon.router import Outcome, Router
 from gensift.models.errors import InputError
@@ -138,7 +139,7 @@ def _files_under(
         except OSError as exc:
             note = f"cannot list this folder ({exc.strerror or exc})"
             level = reported.level(folder, note, first="WARNING")
-            logger.log(level, "{}: {}; skipped", folder, note)
+            logger.log(level, "{}: {}; skipped", shown(folder), note)
             continue
         reported.forget(folder)
         for entry in entries:
@@ -263,7 +264,7 @@ class Sifter:
             return self._route(item, decision, {})
         path = item.file.path
         level = self.reported.level(path, item.note) if item.status == "unreadable" else "INFO"
-        logger.log(level, "{}: {}; left for later", path, item.note)
+        logger.log(level, "{}: {}; left for later", shown(path), item.note)
         return Outcome(item.file, None, None, item.status, item.note)
 
     def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:

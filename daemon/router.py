@@ -4,8 +4,8 @@ The :class:`Router` carries out a :class:`~gensift.daemon.decide.Decision`:
 move to ``<root>/<class>/``, quarantine to ``<root>/_rejected/``, review to
 ``<root>/_review/``, the OS recycle bin (falling back to quarantine where there
 is none), permanent delete, or leave in place. :func:`repair` settles what a
-crash interrupted and :func:`restore` is undo's inverse move; all three share
-:func:`gensift.daemon.fileops.transfer`.
+crash interrupted (and removes the staging copies it left) and :func:`restore`
+is undo's inverse move; all three share :func:`gensift.daemon.fileops.transfer`.
 
 In a dry run nothing on disk or in the journal changes; names a real run would
 take are claimed in memory so the plan shows the same renames.
@@ -14,6 +14,7 @@ take are claimed in memory so the plan shows the same renames.
 from __future__ import annotations
 
 import ntpath
+import os
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -25,7 +26,16 @@ from loguru import logger
 from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
-from gensift.daemon.fileops import candidates, confined, same_content, temp_path, transfer
+from gensift.daemon.fileops import (
+    TEMP_NAME,
+    SourceChangedError,
+    confined,
+    free_name,
+    same_content,
+    shown,
+    temp_path,
+    transfer,
+)
 from gensift.daemon.journal import Entry, Journal
 
 
@@ -34,9 +44,10 @@ class Outcome:
     """What happened to one file.
 
     ``state``: done, planned (dry run), skipped (name taken, ``on_conflict = "skip"``),
-    failed, or, with no decision: stale (changed since it was read), unsettled
-    (still being written), unreadable or gone. Those are not journaled and are
-    seen again by the next run or rescan.
+    failed, stale (changed since it was read, or while it was copied to another
+    disk: left in place), or, with no decision: unsettled (still being written),
+    unreadable or gone. Stale and undecided files are seen again by the next run or
+    rescan.
     """
 
     file: FileInfo
@@ -53,13 +64,14 @@ class Outcome:
     def describe(self) -> str:
         """One line saying what happened to the file and why (the log, the dry-run plan)."""
         d = self.decision
+        path = shown(self.file.path)
         if d is None:
-            return f"{self.file.path}: not decided ({self.state}: {self.note})"
+            return f"{path}: not decided ({self.state}: {self.note})"
         why = d.reason if d.label is None else f"{d.reason} {d.label}"
         p = "" if d.probability is None else f" p={d.probability:.3f}"
-        where = f" -> {self.destination}" if self.destination is not None else ""
+        where = f" -> {shown(self.destination)}" if self.destination is not None else ""
         note = f" ({self.note})" if self.note else ""
-        return f"{self.file.path}: {d.action} [{self.state}] {why}{p}{where}{note}"
+        return f"{path}: {d.action} [{self.state}] {why}{p}{where}{note}"
 
 
 class Router:
@@ -109,35 +121,45 @@ class Router:
         self, file: FileInfo, decision: Decision, folder: str, checkpoints: Mapping[str, str]
     ) -> Outcome:
         target_dir = confined(self.output.root, folder)
-        for dst in candidates(target_dir, file.path.name):
-            if dst.exists() or dst in self._claimed:
-                if self.output.on_conflict == "skip":
-                    return self._skipped(file, decision, dst, checkpoints)
-                continue
+        first = target_dir / file.path.name
+        while True:
+            dst = free_name(target_dir, first.name, self._taken)
+            if dst != first and self.output.on_conflict == "skip":
+                return self._skipped(file, decision, first, checkpoints)
             if self.dry_run:
                 self._claimed.add(dst)
                 return Outcome(file, decision, dst, "planned", decision.note, checkpoints)
             try:
                 target_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                note = f"cannot create {target_dir}: {exc.strerror or exc}; left in place"
+                note = f"cannot create {shown(target_dir)}: {exc.strerror or exc}; left in place"
                 return Outcome(file, decision, dst, "failed", note, checkpoints)
             entry_id = self.journal.begin(self.run, file, decision, dst, checkpoints)
+            expect = (file.size, file.mtime_ns)
             try:
-                transfer(file.path, dst, str(entry_id), copy=self.force_copy)
-            except FileExistsError:  # the name was taken after we looked: try the next one
+                transfer(file.path, dst, str(entry_id), copy=self.force_copy, expect=expect)
+            except FileExistsError:  # the name was taken after we looked: find another
                 self.journal.finish(entry_id, "abandoned", "destination appeared; renamed")
                 continue
+            except SourceChangedError as exc:  # still being written: the next rescan
+                note = f"{exc.strerror}; left in place, decided again later"
+                self.journal.finish(entry_id, "abandoned", note)
+                return Outcome(file, decision, dst, "stale", note, checkpoints)
             except OSError as exc:
                 return self._failed(file, decision, dst, entry_id, exc, checkpoints)
             self.journal.finish(entry_id, "done")
             return Outcome(file, decision, dst, "done", decision.note, checkpoints)
-        raise AssertionError("unreachable: candidates() never ends")
+
+    def _taken(self, path: Path) -> bool:
+        return path in self._claimed or os.path.lexists(path)
 
     def _skipped(
         self, file: FileInfo, decision: Decision, dst: Path, checkpoints: Mapping[str, str]
     ) -> Outcome:
-        note = f"{dst.name} already exists in {dst.parent}; left in place (on_conflict = skip)"
+        note = (
+            f"{shown(dst.name)} already exists in {shown(dst.parent)}; left in place "
+            "(on_conflict = skip)"
+        )
         if not self.dry_run:
             self.journal.begin(
                 self.run, file, replace(decision, note=note), dst, checkpoints, state="skipped"
@@ -156,7 +178,7 @@ class Router:
         except OSError as exc:
             if decision.action != "trash":
                 return self._failed(file, decision, None, entry_id, exc, checkpoints)
-            note = f"no recycle bin for {file.path} ({exc}); quarantined instead"
+            note = f"no recycle bin for {shown(file.path)} ({exc}); quarantined instead"
             logger.warning("{}", note)
             self.journal.finish(entry_id, "abandoned", note)
             fallback = replace(decision, action="quarantine", note=note)
@@ -188,7 +210,7 @@ def _changed_since_read(file: FileInfo) -> bool:
 
 def _send_to_trash(path: Path) -> None:
     if not trash_keeps_files(path):
-        raise OSError(f"the drive of {path} has no recycle bin (network or removable drive)")
+        raise OSError(f"the drive of {shown(path)} has no recycle bin (network or removable drive)")
     from send2trash import send2trash
 
     send2trash(path)
@@ -220,7 +242,7 @@ def _windows_drive_type(root: str) -> int:
     return int(ctypes.windll.kernel32.GetDriveTypeW(root))  # type: ignore[attr-defined]
 
 
-def repair(journal: Journal) -> int:
+def repair(journal: Journal, output_root: Path | None = None) -> int:
     """Settle every operation a crash interrupted; returns how many there were.
 
     For each ``intent`` row: the file is in exactly one place afterwards. A move
@@ -228,6 +250,10 @@ def repair(journal: Journal) -> int:
     that had is marked done; a copy that reached its destination loses its
     source; an empty placeholder or a staging copy of ours is removed. A file
     at the destination that is not ours is never touched.
+
+    Then, with ``output_root``, the staging copies a crash left under it that no
+    row still unsettled needs are removed (:func:`remove_temporaries`): repair
+    first, so that a row it settles no longer holds on to its copy.
     """
     pending = journal.pending()
     for entry in pending:
@@ -235,11 +261,60 @@ def repair(journal: Journal) -> int:
             state, note = _settle(entry)
         except OSError as exc:  # an offline share, say: leave the row for the next start
             logger.error("journal repair: {} {}: {}; tried again next start", entry.action,
-                         entry.source, exc)  # fmt: skip
+                         shown(entry.source), exc)  # fmt: skip
             continue
         journal.finish(entry.id, state, note)
-        logger.info("journal repair: {} {} -> {}: {}", entry.action, entry.source, state, note)
+        logger.info("journal repair: {} {} -> {}: {}", entry.action, shown(entry.source),
+                    state, note)  # fmt: skip
+    if output_root is not None:
+        remove_temporaries(journal, output_root)
     return len(pending)
+
+
+def remove_temporaries(journal: Journal, root: Path) -> int:
+    """Remove gensift's staging copies (:func:`~gensift.daemon.fileops.temp_path` names)
+    under ``root`` that no unsettled journal row needs; how many.
+
+    Each is a partial or redundant copy of a file that is still in its place: a copy
+    is staged only after its intent row is committed, and repair settles that row
+    (removing the copy) whenever it can. Only names of exactly that form are
+    touched, and no symlink is followed.
+    """
+    needed = {
+        temp_path(entry.destination, str(entry.id))
+        for entry in journal.pending()
+        if entry.destination is not None
+    }
+    removed = 0
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("{}: cannot list this folder to clean up ({}); skipped",
+                           shown(folder), exc.strerror or exc)  # fmt: skip
+            continue
+        for item in entries:
+            path = Path(item.path)
+            if item.is_dir(follow_symlinks=False):
+                folders.append(path)
+            elif (
+                item.is_file(follow_symlinks=False)
+                and TEMP_NAME.match(item.name)
+                and path not in needed
+            ):
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    logger.warning("{}: cannot remove this staging copy ({})", shown(path),
+                                   exc.strerror or exc)  # fmt: skip
+                    continue
+                logger.info("removed {}, a staging copy an interrupted run left", shown(path))
+                removed += 1
+    return removed
 
 
 def _settle(entry: Entry) -> tuple[str, str]:
@@ -262,12 +337,13 @@ def _settle(entry: Entry) -> tuple[str, str]:
         if dst.stat().st_size == 0:
             dst.unlink()
             return "abandoned", "removed an empty placeholder; decided again later"
-        return "abandoned", f"{dst} holds another file; left alone; decided again later"
+        return "abandoned", f"{shown(dst)} holds another file; left alone; decided again later"
     if dst_there:
         return "done", "the move had completed before the interruption"
     if src_there:
         return "abandoned", "interrupted before the file moved; decided again later"
-    logger.warning("journal repair: {} is neither at {} nor at {}", entry.sha256[:12], src, dst)
+    logger.warning("journal repair: {} is neither at {} nor at {}", entry.sha256[:12],
+                   shown(src), shown(dst))  # fmt: skip
     return "failed", "the file is in neither place (moved or deleted by someone else)"
 
 
@@ -278,8 +354,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) -> Outcome:
-    """Move one finished move back to its source; never overwrites. Undo's one step."""
+def restore(
+    journal: Journal,
+    entry: Entry,
+    run: str,
+    *,
+    dry_run: bool = False,
+    claimed: set[Path] | None = None,
+) -> Outcome:
+    """Move one finished move back to its source; undo's one step. Never overwrites: if the
+    source name is taken (a generator that reused the name, say), the file comes back
+    next to it as ``name-1.png``, and the outcome's note says so. ``claimed`` carries the
+    names a dry run has planned, so two rows are not planned to one name."""
     assert entry.destination is not None
     back = FileInfo(entry.destination, entry.size, entry.mtime_ns, entry.sha256)
     decision = Decision("move", entry.reason, entry.label, entry.probability)  # type: ignore[arg-type]
@@ -287,21 +373,38 @@ def restore(journal: Journal, entry: Entry, run: str, *, dry_run: bool = False) 
         return Outcome(back, decision, entry.source, "failed", "no longer at its destination")
     if not same_content(entry.destination, entry.size, entry.sha256):
         return Outcome(back, decision, entry.source, "skipped", "changed since it was sorted")
-    if entry.source.exists():
-        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
-    if dry_run:
-        return Outcome(back, decision, entry.source, "planned")
-    entry.source.parent.mkdir(parents=True, exist_ok=True)
-    entry_id = journal.begin(
-        run, back, decision, entry.source, entry.checkpoints, action="restore", undoes=entry.id
-    )
-    try:
-        transfer(entry.destination, entry.source, str(entry_id))
-    except FileExistsError:
-        journal.finish(entry_id, "abandoned", "its original path was taken")
-        return Outcome(back, decision, entry.source, "skipped", "its original path is taken")
-    except OSError as exc:
-        journal.finish(entry_id, "failed", str(exc))
-        return Outcome(back, decision, entry.source, "failed", str(exc))
-    journal.finish(entry_id, "done")
-    return Outcome(back, decision, entry.source, "done")
+    planned = claimed if claimed is not None else set()
+
+    def taken(path: Path) -> bool:
+        return path in planned or os.path.lexists(path)
+
+    folder, name = entry.source.parent, entry.source.name
+    while True:
+        target = free_name(folder, name, taken)
+        note = (
+            ""
+            if target == entry.source
+            else f"{shown(name)} is taken; restored as {shown(target.name)}"
+        )
+        if dry_run:
+            planned.add(target)
+            return Outcome(back, decision, target, "planned", note)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return Outcome(
+                back, decision, target, "failed", f"cannot create {shown(folder)}: {exc}"
+            )
+        entry_id = journal.begin(
+            run, back, decision, target, entry.checkpoints, action="restore", undoes=entry.id
+        )
+        try:
+            transfer(entry.destination, target, str(entry_id))
+        except FileExistsError:
+            journal.finish(entry_id, "abandoned", "the name was taken meanwhile; renamed")
+            continue
+        except OSError as exc:
+            journal.finish(entry_id, "failed", str(exc))
+            return Outcome(back, decision, target, "failed", str(exc))
+        journal.finish(entry_id, "done", note)
+        return Outcome(back, decision, target, "done", note)

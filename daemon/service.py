@@ -194,7 +194,7 @@ class Daemon:
         with JournalLock(settings.journal.path, "watch"), self._signals():
             worker, serving = self._new_worker(load_cascade(settings))
             with Journal.open(settings.journal.path) as journal:
-                repaired = repair(journal)
+                repaired = repair(journal, settings.output.root)
                 return self._serve(journal, worker, serving, repaired)
 
     def _new_worker(self, cascade: Cascade) -> tuple[Worker, str]:

@@ -19,6 +19,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from gensift.daemon.config import Settings
+from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Journal
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
@@ -82,7 +83,7 @@ def run_sort(
         Journal.open_readonly(journal_path) if dry_run else Journal.open(journal_path) as journal,
     ):
         if not dry_run:
-            result.repaired = repair(journal)
+            result.repaired = repair(journal, settings.output.root)
         todo, result.already = undecided(paths, journal)
         router = Router(
             settings.output,
@@ -99,7 +100,7 @@ def run_sort(
                 for outcome in sifter.sift(todo):
                     bar.update()
                     result.counts[summary_label(outcome)] += 1
-                    result.decided += outcome.decision is not None
+                    result.decided += outcome.decision is not None and outcome.state != "stale"
                     result.failed += outcome.state in ("failed", "unreadable")
                     write_row(outcome)
                     if dry_run:
@@ -125,12 +126,12 @@ def plan_row(outcome: Outcome) -> list[str]:
     d = outcome.decision
     probs = d.probabilities if d is not None else {}
     return [
-        str(outcome.file.path),
+        shown(outcome.file.path),
         outcome.action,
         d.reason if d else "",
         (d.label or "") if d else "",
         "" if d is None or d.probability is None else f"{d.probability:.6f}",
-        "" if outcome.destination is None else str(outcome.destination),
+        "" if outcome.destination is None else shown(outcome.destination),
         outcome.state,
         outcome.note,
         json.dumps(probs["quality"]) if "quality" in probs else "",
@@ -141,7 +142,7 @@ def plan_row(outcome: Outcome) -> list[str]:
 def summary_label(outcome: Outcome) -> str:
     """The line of the closing summary an outcome counts towards."""
     d = outcome.decision
-    if d is None:
+    if d is None or outcome.state == "stale":  # a stale file was left as it was
         return f"not decided: {outcome.state} (tried again next run)"
     if outcome.state in ("skipped", "failed"):
         return f"{outcome.state}: {d.action} ({d.reason})"

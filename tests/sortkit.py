@@ -16,6 +16,9 @@ from conftest import draw
 from PIL import Image
 
 from gensift.daemon.journal import MOVING_ACTIONS, Entry, Journal
+from gensift.models.backbones import build_classifier
+from gensift.models.checkpoint import CheckpointMeta, save_checkpoint
+from gensift.models.presets import IMAGENET
 
 KINDS = {"keep": 6, "reject": 6, "red": 3, "blue": 3, "stripes": 3}
 
@@ -59,6 +62,24 @@ def fill_inbox(
 
 BROKEN = {"zero.png": "corrupt", "text.png": "corrupt", "truncated.png": "corrupt",
           "bomb.png": "corrupt", "black.png": "blank"}  # fmt: skip
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """An untrained feature checkpoint (classes ``a`` and ``b``), saved in a moment: with a
+    feature threshold of 0.5 or less every image it sees is moved to one of its classes."""
+    path = folder / "tiny.safetensors"
+    model = build_classifier("resnet18", 2, "none")
+    meta = CheckpointMeta(
+        stage="feature",
+        arch="resnet18",
+        classes=["a", "b"],
+        image_size=32,
+        normalization=IMAGENET,
+        temperature=1.0,
+        thresholds={"threshold": 0.9, "reached": True},
+    )
+    save_checkpoint(path, model.state_dict(), meta)
+    return path
 
 
 def write_config(

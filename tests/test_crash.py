@@ -1,4 +1,5 @@
-"""A ``gensift sort`` killed with SIGKILL at several points loses and duplicates nothing."""
+"""A ``gensift sort`` killed with SIGKILL at several points loses and duplicates nothing, and
+what a crash left behind is cleaned up at the next start."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from sortkit import check_ledger, decisions, fill_inbox, run_harness, write_config
+from sortkit import (
+    check_ledger,
+    decisions,
+    fill_inbox,
+    run_harness,
+    tiny_checkpoint,
+    write_config,
+)
+from watchkit import daemon_thread
+
+from gensift.daemon.cli import main
+from gensift.daemon.fileops import temp_path
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 
@@ -33,3 +45,35 @@ def test_sort_killed_part_way_then_run_again_accounts_for_every_file(
     # every interrupted operation was settled by a later run's repair, none left half-done
     rows = decisions(journal)
     assert all(e.state in ("done", "skipped", "abandoned") for e in rows)
+
+
+def _crash_leftovers(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Staging copies a crash left under the output root (no journal row needs them), and
+    files with similar names that are not gensift's or are outside the output root."""
+    out = tmp_path / "out"
+    stale = [temp_path(out / "a" / "gen.png", "12"), temp_path(out / "_rejected" / "x.png", "3")]
+    kept = [out / "a" / ".gensift-tmp-notes.png", out / "a" / "mine.png"]
+    kept.append(tmp_path / "elsewhere" / stale[0].name)
+    for path in [*stale, *kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a copy")
+    return stale, kept
+
+
+def test_sort_removes_staging_copies_a_crash_left(tmp_path: Path) -> None:
+    stale, kept = _crash_leftovers(tmp_path)
+    inbox = tmp_path / "inbox"
+    fill_inbox(inbox, broken=False, scale=1)
+    config = write_config(tmp_path, None, tiny_checkpoint(tmp_path), feature_threshold=0.1)
+    assert main(["sort", str(inbox), "-c", str(config), "--no-progress"]) == 0
+    assert not [p for p in stale if p.exists()]
+    assert all(p.exists() for p in kept)
+
+
+def test_watch_removes_staging_copies_a_crash_left_before_ready(tmp_path: Path) -> None:
+    stale, kept = _crash_leftovers(tmp_path)
+    (tmp_path / "inbox").mkdir()
+    config = write_config(tmp_path, None, tiny_checkpoint(tmp_path), feature_threshold=0.1)
+    with daemon_thread(config):
+        assert not [p for p in stale if p.exists()]
+    assert all(p.exists() for p in kept)

@@ -12,8 +12,9 @@ import ntpath
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -26,15 +27,23 @@ from gensift.daemon.config import OutputSettings
 from gensift.daemon.decide import Decision
 from gensift.daemon.decode import FileInfo
 from gensift.daemon.fileops import (
+    SourceChangedError,
     UnsafeDestinationError,
-    candidates,
     confined,
+    free_name,
     same_content,
     temp_path,
     transfer,
 )
 from gensift.daemon.journal import Journal
-from gensift.daemon.router import Router, repair, restore, trash_keeps_files
+from gensift.daemon.router import (
+    Router,
+    remove_temporaries,
+    repair,
+    restore,
+    trash_keeps_files,
+)
+from gensift.daemon.sort import summary_label
 from gensift.models.fsutil import TEMP_PREFIX
 
 RUN = "run-1"
@@ -197,9 +206,7 @@ def test_confined_accepts_a_class_name(tmp_path: Path) -> None:
     assert confined(root, "_rejected") == root / "_rejected"
 
 
-def test_candidates_and_temp_path(tmp_path: Path) -> None:
-    names = candidates(tmp_path, "gen.v2.png")
-    assert [next(names).name for _ in range(3)] == ["gen.v2.png", "gen.v2-1.png", "gen.v2-2.png"]
+def test_temp_path(tmp_path: Path) -> None:
     tmp = temp_path(tmp_path / "gen.png", "12")
     assert tmp.parent == tmp_path
     assert tmp.name.startswith(TEMP_PREFIX)
@@ -606,17 +613,21 @@ def test_restore_moves_it_back(journal: Journal, src_dir: Path, out: Path) -> No
 
 def test_restore_never_overwrites(journal: Journal, src_dir: Path, out: Path) -> None:
     src = _image(src_dir / "gen.png", seed=1)
-    data = src.read_bytes()
-    _router(journal, out).apply(_info(src), MOVE, CHECKPOINTS)
+    data, info = src.read_bytes(), _info(src)
+    _router(journal, out).apply(info, MOVE, CHECKPOINTS)
     [entry] = journal.finished(run=RUN)
     _image(src, seed=2)  # a new image took the name
     newcomer = src.read_bytes()
     outcome = restore(journal, entry, "undo-1")
-    assert outcome.state == "skipped"
+    assert outcome.state == "done"
+    assert outcome.destination == src_dir / "gen-1.png"  # next to it, under a new name
+    assert outcome.note == "gen.png is taken; restored as gen-1.png"
     assert src.read_bytes() == newcomer
-    assert (out / "red" / "gen.png").read_bytes() == data
-    assert journal.get(entry.id).state == "done"
-    assert len(journal.history()) == 1
+    assert (src_dir / "gen-1.png").read_bytes() == data
+    assert not (out / "red" / "gen.png").exists()
+    assert journal.get(entry.id).state == "undone"
+    # where it came back counts as decided: a later sort does not move it again
+    assert journal.decided(FileInfo(src_dir / "gen-1.png", info.size, info.mtime_ns))
 
 
 def test_restore_dry_run_changes_nothing(journal: Journal, src_dir: Path, out: Path) -> None:
@@ -689,3 +700,155 @@ def test_trash_where_it_would_delete_for_good_quarantines_instead(
     assert outcome.decision.action == "quarantine" and "no recycle bin" in outcome.note
     assert outcome.destination == out / "_rejected" / "on-a-share.png"
     assert outcome.destination.exists() and not src.exists()
+
+
+# --- names, placeholders and sources that change -------------------------------------------
+
+
+def test_a_free_name_among_ten_thousand_takes_few_probes(
+    journal: Journal, src_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = out / "red"
+    folder.mkdir(parents=True)
+    taken = ["gen.png", *(f"gen-{n}.png" for n in range(1, 10_000))]
+    for name in taken:
+        os.close(os.open(folder / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    src = _image(src_dir / "gen.png")
+    data = src.read_bytes()
+    probes: list[str] = []
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def counted(real: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+        """``real``, counting the calls that ask about a name in ``folder``."""
+
+        def probe(path: str | os.PathLike[str], *args: object, **kwargs: object) -> os.stat_result:
+            if Path(os.fsdecode(path)).parent == folder:
+                probes.append(Path(os.fsdecode(path)).name)
+            return real(path, *args, **kwargs)
+
+        return probe
+
+    monkeypatch.setattr(os, "stat", counted(real_stat))
+    monkeypatch.setattr(os, "lstat", counted(real_lstat))
+    outcome = _router(journal, out).apply(_info(src), MOVE, CHECKPOINTS)
+    monkeypatch.undo()
+    assert outcome.state == "done"
+    assert outcome.destination == folder / "gen-10000.png"
+    assert outcome.destination.read_bytes() == data
+    assert len(probes) < 60, f"{len(probes)} probes for one name"
+    assert all((folder / name).stat().st_size == 0 for name in taken)  # none overwritten
+
+
+def test_free_name_fills_from_the_lowest_few_then_jumps(tmp_path: Path) -> None:
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2.png"
+    (tmp_path / "gen.v2.png").touch()
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2-1.png"
+    for n in (1, 2, 4):
+        (tmp_path / f"gen.v2-{n}.png").touch()
+    assert free_name(tmp_path, "gen.v2.png") == tmp_path / "gen.v2-3.png"
+    asked: list[str] = []
+
+    def taken(path: Path) -> bool:  # gen-1 ... gen-999 exist
+        asked.append(path.name)
+        number = path.stem.rpartition("-")[2]
+        return path.name == "gen.png" or (number.isdigit() and int(number) < 1000)
+
+    assert free_name(tmp_path, "gen.png", taken) == tmp_path / "gen-1000.png"
+    assert len(asked) < 30
+
+
+@pytest.mark.usefixtures("no_hard_links")
+def test_a_source_that_vanished_leaves_no_placeholder(tmp_path: Path) -> None:
+    src = tmp_path / "a" / "gen.png"  # deleted by the user after it was decided
+    src.parent.mkdir()
+    dst = tmp_path / "b" / "gen.png"
+    dst.parent.mkdir()
+    with pytest.raises(FileNotFoundError):
+        transfer(src, dst, "7")
+    assert list(dst.parent.iterdir()) == []
+
+
+def _grows_while_copied(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator still writes ``src`` while gensift copies it: it appends once the copy
+    has read what was there (a timing no test could hit reliably with a real writer)."""
+    real = shutil.copyfileobj
+
+    def copy_then_append(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:
+        real(reader, writer, length)
+        with src.open("ab") as late:
+            late.write(b"the tail of the image")
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_append)
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    if shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as tmp_path")
+    other = Path(tempfile.mkdtemp(prefix="gensift-test-", dir=shm))
+    yield other
+    shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("where", ["forced-copy", "other-filesystem"])
+def test_a_source_that_grows_during_the_copy_is_left_in_place(
+    journal: Journal,
+    src_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    out = request.getfixturevalue("other_filesystem") if where != "forced-copy" else tmp_path / "o"
+    src = _image(src_dir / "gen.png")
+    info = _info(src)
+    _grows_while_copied(src, monkeypatch)
+    router = _router(journal, out, force_copy=where == "forced-copy")
+    outcome = router.apply(info, MOVE, CHECKPOINTS)
+    assert outcome.state == "stale"
+    assert "changed while it was copied" in outcome.note and "decided again" in outcome.note
+    assert src.read_bytes().endswith(b"the tail of the image")  # nothing lost
+    assert not (out / "red" / "gen.png").exists()
+    assert not _temp_files(out)
+    [row] = journal.history()
+    assert row.state == "abandoned" and "changed while it was copied" in row.note
+    assert not journal.decided(info)
+    assert summary_label(outcome) == "not decided: stale (tried again next run)"
+
+
+def test_a_copy_refuses_a_source_unlike_the_journal_says(tmp_path: Path) -> None:
+    src = _image(tmp_path / "a" / "gen.png")
+    recorded = (src.stat().st_size - 100, src.stat().st_mtime_ns)  # read when it was shorter
+    dst = tmp_path / "b" / "gen.png"
+    dst.parent.mkdir()
+    data = src.read_bytes()
+    with pytest.raises(SourceChangedError, match="changed"):
+        transfer(src, dst, "7", copy=True, expect=recorded)
+    assert src.read_bytes() == data
+    assert list(dst.parent.iterdir()) == []
+
+
+def test_staging_copies_are_removed_unless_an_unsettled_row_needs_them(
+    journal: Journal, crash: tuple[Path, Path, bytes], src_dir: Path, out: Path
+) -> None:
+    src, dst, data = crash
+    held = _intent(journal, src, dst)  # a cross-filesystem copy interrupted half way
+    needed = temp_path(dst, str(held))
+    stale = [temp_path(dst.with_name("old.png"), "12"), temp_path(out / "_rejected" / "b.png", "3")]
+    theirs = [dst.with_name(".gensift-tmp-notes.png"), dst.with_name("mine.png")]
+    theirs.append(src_dir / stale[0].name)  # not under the output root
+    for path in [needed, *stale, *theirs]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[:100])
+    assert remove_temporaries(journal, out) == 2
+    assert needed.exists()  # its row is not settled yet
+    assert not [p for p in stale if p.exists()]
+    assert all(p.exists() for p in theirs)
+    assert repair(journal, out) == 1  # settles the row, which drops its copy
+    assert not needed.exists()
+    assert journal.get(held).state == "abandoned"
+    assert src.read_bytes() == data
+    assert all(p.exists() for p in theirs)

@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 from conftest import draw
 from PIL import Image
-from sortkit import BROKEN, check_ledger, decisions, fill_inbox, sha, write_config
+from sortkit import (
+    BROKEN,
+    check_ledger,
+    decisions,
+    fill_inbox,
+    sha,
+    tiny_checkpoint,
+    write_config,
+)
 
 from gensift.daemon.cli import main
 from gensift.daemon.decide import Policy, decide
 from gensift.models.backbones import build_classifier
-from gensift.models.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
-from gensift.models.presets import IMAGENET
+from gensift.models.checkpoint import read_checkpoint, save_checkpoint
 
 
 def _sort(config: Path, *args: str) -> int:
@@ -206,7 +213,7 @@ def test_a_class_that_would_escape_the_output_root_is_refused(
 ) -> None:
     evil = tmp_path / "evil.safetensors"
     model = build_classifier("resnet18", 2, "none")
-    _, template = read_checkpoint(_tiny_checkpoint(tmp_path))
+    _, template = read_checkpoint(tiny_checkpoint(tmp_path))
     save_checkpoint(evil, model.state_dict(), replace(template, classes=["../../etc", "ok"]))
     inbox = tmp_path / "inbox"
     originals = fill_inbox(inbox, broken=False)
@@ -214,22 +221,6 @@ def test_a_class_that_would_escape_the_output_root_is_refused(
     assert _sort(config, str(inbox)) == 2
     assert "../../etc" in capsys.readouterr().err
     assert all(sha(p) == d for p, d in originals.items())
-
-
-def _tiny_checkpoint(folder: Path) -> Path:
-    path = folder / "tiny.safetensors"
-    model = build_classifier("resnet18", 2, "none")
-    meta = CheckpointMeta(
-        stage="feature",
-        arch="resnet18",
-        classes=["a", "b"],
-        image_size=32,
-        normalization=IMAGENET,
-        temperature=1.0,
-        thresholds={"threshold": 0.9, "reached": True},
-    )
-    save_checkpoint(path, model.state_dict(), meta)
-    return path
 
 
 def test_configuration_mistakes_are_exit_2_with_the_key(
