@@ -509,7 +509,7 @@ def _run_config_check(args: argparse.Namespace) -> int:
 def _run_watch(args: argparse.Namespace) -> int:
     from gensift.daemon.service import Daemon
 
-    settings = _settings(args)
+    settings = _settings(args, warn=False)
     code = Daemon(settings, config_path=args.config).run()
     # Everything that matters is closed (journal committed, lock released). Tearing down
     # torch can take tens of seconds on a loaded machine, and a service manager waits for

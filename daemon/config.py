@@ -232,6 +232,7 @@ class InferenceSettings(_Section):
     batch_size: int = Field(default=16, ge=1)
     max_wait_ms: NonNegative = 50.0
     idle_unload_seconds: NonNegative = 0.0
+    oom_fallback: Literal["wait", "cpu"] = "wait"
 
 
 class QualityStageSettings(_Section):
