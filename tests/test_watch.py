@@ -323,7 +323,8 @@ def test_settle_seconds_zero_no_longer_decides_a_file_still_being_written(
     journal = tmp_path / "journal.sqlite3"
     with daemon_thread(config) as daemon:
         assert daemon.settings.watch.settle_seconds == 0.5
-        _write_in_chunks(data, inbox / "slow.png", journal, pause=0.1)  # pauses under 0.5 s
+        # 4 s of writing (past the old loop's 2 s sleep), pauses well under the 0.5 s floor
+        _write_in_chunks(data, inbox / "slow.png", journal, pause=0.25, chunks=16)
         [row] = wait_decided(journal, 1)
     assert (row.size, row.sha256, row.state) == (len(data), sha_bytes(data), "done")
     assert row.reason != "corrupt", row
