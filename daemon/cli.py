@@ -17,7 +17,13 @@ from typing import TextIO
 
 from loguru import logger
 
-from gensift.daemon.config import ConfigError, Settings, load_config, render_settings
+from gensift.daemon.config import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    load_config,
+    render_settings,
+)
 from gensift.daemon.layout import check_training_data
 from gensift.daemon.logs import setup_logging, tqdm_sink
 from gensift.models.errors import InputError, RuntimeProblem
@@ -495,14 +501,22 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_demo)
 
 
-def _settings(args: argparse.Namespace, *, sink: TextIO | None = None) -> Settings:
+def _settings(
+    args: argparse.Namespace, *, sink: TextIO | None = None, warn: bool = True
+) -> Settings:
+    """The settings, with logging set up; ``warn``: log what the config got wrong but
+    accepted (``watch`` logs it itself, at start-up and at each reload)."""
     settings = load_config(args.config)
     setup_logging(settings.log, sink=sink)
+    for note in config_warnings(settings) if warn else []:
+        logger.warning("config: {}", note)
     return settings
 
 
 def _run_config_check(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
+    for note in config_warnings(settings):
+        print(f"gensift: warning: {note}", file=sys.stderr)
     sys.stdout.write(render_settings(settings))
     return EXIT_OK
 
@@ -510,7 +524,7 @@ def _run_config_check(args: argparse.Namespace) -> int:
 def _run_watch(args: argparse.Namespace) -> int:
     from gensift.daemon.service import Daemon
 
-    settings = _settings(args)
+    settings = _settings(args, warn=False)
     code = Daemon(settings, config_path=args.config).run()
     # Everything that matters is closed (journal committed, lock released). Tearing down
     # torch can take tens of seconds on a loaded machine, and a service manager waits for

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import platformdirs
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -187,6 +188,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+#: The least ``watch.settle_seconds``: a file must be seen unchanged this long before it
+#: counts as complete. Writers pause between chunks (a network copy stalls for hundreds of
+#: milliseconds, an encoder flushes row by row), and below half a second such a pause would
+#: pass for the end of the file; above it the wait is still well under the seconds a
+#: generator spends on one image. A lower value is raised to this with a warning.
+MIN_SETTLE_SECONDS = 0.5
+
+
 class WatchSettings(_Section):
     paths: list[ExpandedPath] = Field(
         default_factory=lambda: [Path("~/stable-diffusion-webui/outputs")], min_length=1
@@ -198,6 +207,16 @@ class WatchSettings(_Section):
     settle_seconds: NonNegative = 2.0
     polling: bool = False
     rescan_seconds: NonNegative = 300.0
+
+    _settle_asked: float | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _settle_floor(self) -> Self:
+        """Raise a settle time below the safe minimum to it (:func:`config_warnings` says so)."""
+        if self.settle_seconds < MIN_SETTLE_SECONDS:
+            self._settle_asked = self.settle_seconds
+            self.settle_seconds = MIN_SETTLE_SECONDS
+        return self
 
 
 class OutputSettings(_Section):
@@ -213,6 +232,7 @@ class InferenceSettings(_Section):
     batch_size: int = Field(default=16, ge=1)
     max_wait_ms: NonNegative = 50.0
     idle_unload_seconds: NonNegative = 0.0
+    oom_fallback: Literal["wait", "cpu"] = "wait"
 
 
 class QualityStageSettings(_Section):
@@ -297,6 +317,19 @@ class Settings(BaseSettings):
         return self.model_dump() == other.model_dump()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What was accepted but changed or is risky, one line each (the key named first)."""
+    notes = []
+    asked = settings.watch._settle_asked
+    if asked is not None:
+        notes.append(
+            f"watch.settle_seconds = {asked:g} is below the safe minimum of "
+            f"{MIN_SETTLE_SECONDS:g} s (a file still being written could be read as complete); "
+            f"using {MIN_SETTLE_SECONDS:g}"
+        )
+    return notes
 
 
 # --- locating and reading the file ------------------------------------------------------------

@@ -7,11 +7,16 @@ the watch patterns name and to Pillow's decompression-bomb limit, then resized
 by the eval preset of each stage (uint8; normalising is one batched op on the
 inference thread). The blank rule looks at that converted image.
 
-A file that cannot be decoded is ``corrupt`` only once it has settled: if it
-is younger than ``settle_seconds`` or changed while it was read it is
-``unsettled`` and left for later; otherwise it is read and decoded once more
-before it is given up on. A decoded image whose pixels are near-constant (the
-black square a safety filter returns) is ``blank``.
+A file that cannot be decoded is ``corrupt`` only once it has settled: its
+size and mtime unchanged across two observations at least ``settle_seconds``
+apart on gensift's own monotonic clock (never the file's mtime against the
+local clock: a network share stamps files with another machine's clock). In
+the daemon the first observation is the watcher's (:class:`Observation`); a
+file not settled yet is ``unsettled`` and comes back once it is. ``sort`` has
+no watcher, so the decoder looks again itself ``settle_seconds`` later. A file
+that changed while it was read is ``unsettled`` too. A settled file is read
+and decoded once more before it is given up on. A decoded image whose pixels
+are near-constant (the black square a safety filter returns) is ``blank``.
 
 :class:`DecodePool` runs this in a bounded pool of threads (Pillow and hashlib
 release the GIL) and yields results in input order with at most ``window``
@@ -88,22 +93,62 @@ def is_blank(img: Image.Image) -> bool:
 
 
 @dataclass(frozen=True)
+class Observation:
+    """A file as gensift saw it: its size and mtime, unchanged since ``since`` (monotonic)."""
+
+    size: int
+    mtime_ns: int
+    since: float
+
+
+@dataclass(frozen=True)
 class Decoder:
-    """Decode one path into a :class:`Decoded`; safe to call from several threads."""
+    """Decode one path into a :class:`Decoded`; safe to call from several threads.
+
+    ``observed`` gives the watcher's observation of a path (the daemon); without it
+    (``sort``) an undecodable file is looked at again ``settle_seconds`` later, in the
+    calling thread.
+    """
 
     presets: Mapping[PresetKey, EvalPreset]
     formats: tuple[str, ...]
     settle_seconds: float = 2.0
-    clock: Callable[[], float] = time.time
+    observed: Callable[[Path], Observation | None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], object] = time.sleep
 
     def __call__(self, path: Path) -> Decoded:
         try:
+            began = self.clock()
             first = self._attempt(path)
             if first.status != "corrupt":
                 return first
-            return self._attempt(path)  # the retry: a settled file gets a second read
+            if not self._settled(path, first.file, began):
+                return Decoded(first.file, "unsettled", f"not decodable yet ({first.note})")
+            second = self._attempt(path)  # a settled file gets a second read
+            if second.status == "corrupt" and not _same(second.file, first.file):
+                return Decoded(second.file, "unsettled", "the file changed since it was read")
+            return second
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
             return Decoded(FileInfo(path), "unreadable", f"{type(exc).__name__}: {exc}")
+
+    def _settled(self, path: Path, read: FileInfo, began: float) -> bool:
+        """Whether ``path``, as ``read``, was seen unchanged ``settle_seconds`` apart."""
+        if self.observed is not None:
+            seen = self.observed(path)
+            return (
+                seen is not None
+                and (seen.size, seen.mtime_ns) == (read.size, read.mtime_ns)
+                and self.clock() - seen.since >= self.settle_seconds
+            )
+        left = began + self.settle_seconds - self.clock()
+        if left > 0:
+            self.sleep(left)
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (read.size, read.mtime_ns)
 
     def _attempt(self, path: Path) -> Decoded:
         try:
@@ -118,15 +163,12 @@ class Decoder:
             return Decoded(FileInfo(path), "unreadable", f"cannot read: {exc.strerror or exc}")
         info = FileInfo(path, len(data), after.st_mtime_ns, hashlib.sha256(data).hexdigest())
         changed = (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)
-        young = self.clock() - after.st_mtime_ns / 1e9 < self.settle_seconds
         if changed or len(data) != after.st_size:
             return Decoded(info, "unsettled", "the file changed while it was read")
         size = max(p.image_size for p in self.presets.values())
         try:
             img = open_rgb(io.BytesIO(data), size, self.formats)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            if young:
-                return Decoded(info, "unsettled", f"not decodable yet ({exc})")
             return Decoded(info, "corrupt", self._problem(data, exc))
         if is_blank(img):
             return Decoded(info, "blank", f"near-constant pixels ({img.width}x{img.height})")
@@ -139,6 +181,10 @@ class Decoder:
         if isinstance(exc, UnidentifiedImageError):
             return f"not a {'/'.join(self.formats)} image"
         return f"{type(exc).__name__}: {exc}"
+
+
+def _same(a: FileInfo, b: FileInfo) -> bool:
+    return (a.size, a.mtime_ns) == (b.size, b.mtime_ns)
 
 
 def default_workers(device: torch.device) -> int:

@@ -104,7 +104,8 @@ def discover(
     """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``.
 
     Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole, so a
-    file costs no system call of its own: the daemon rescans with this every few minutes.
+    file costs no system call of its own (the daemon rescans with :func:`iter_files`, the
+    same walk, unsorted).
     A folder that cannot be listed is skipped with a WARNING; with ``reported`` (the
     daemon's, kept across rescans) the same failure again is only a DEBUG line.
     """
@@ -120,6 +121,24 @@ def discover(
         else:
             raise InputError(f"{root}: no such file or folder")
     return sorted(found)
+
+
+def iter_files(
+    roots: Iterable[Path],
+    patterns: Sequence[str],
+    *,
+    recursive: bool,
+    exclude: Sequence[Path],
+    reported: Reported | None = None,
+) -> Iterator[Path]:
+    """The files :func:`discover` finds, one folder listing at a time, unsorted: for scans
+    of folders too large to hold (the daemon's rescans). Roots that are not folders are
+    skipped."""
+    excluded = [real_path(e) for e in exclude]
+    unlisted = reported if reported is not None else Reported()
+    for root in roots:
+        if root.is_dir():
+            yield from _files_under(root.absolute(), patterns, recursive, excluded, unlisted)
 
 
 def _files_under(
@@ -247,15 +266,6 @@ class Sifter:
                 yield self.by_rule(item)
         if batch:
             yield from self.run_batch(batch)
-
-    def handle(self, items: Sequence[Decoded]) -> list[Outcome]:
-        """Decide and route files decoded elsewhere (the daemon's worker): rules, then batches."""
-        outcomes = [self.by_rule(item) for item in items if item.status != "ok"]
-        ready = [item for item in items if item.status == "ok"]
-        size = self.settings.inference.batch_size
-        for start in range(0, len(ready), size):
-            outcomes += self.run_batch(ready[start : start + size])
-        return outcomes
 
     def by_rule(self, item: Decoded) -> Outcome:
         """Corrupt and blank files are decided without a model; the rest wait for later."""

@@ -5,14 +5,17 @@ checkpoint stops the start with its error), settle what a crash left in the
 journal, start the worker and the observer, scan the watched folders for files
 with no decision, and only then report READY to systemd.
 
-The service thread then loops: it hands settled files to the worker, rescans
-every ``rescan_seconds`` (and at once after the observer restarted or files
-went untracked in a flood), restarts a dead observer, reloads changed
-checkpoints in the background, and keeps systemd's STATUS current. Signal
-handlers only set flags: SIGTERM or SIGINT stops taking files, lets the worker
-finish the batch in flight and exits 0; a second SIGINT exits at once (the
-journal repairs any half-done move at the next start); SIGHUP reloads the
-config and the checkpoints.
+The service thread then loops, never waiting on anything slow: it hands
+settled files to the worker, asks the rescanner's thread for a rescan every
+``rescan_seconds`` (and at once after the observer restarted or files went
+untracked in a flood), restarts a dead observer, has the reloader's thread
+load changed checkpoints, and keeps systemd's STATUS current; the watchdog
+ping needs both it and the worker to be turning. Signal handlers only set
+flags: SIGTERM or SIGINT stops taking files, lets the worker finish the batch
+in flight and exits 0; a second SIGINT exits at once (the journal repairs any
+half-done move at the next start); SIGHUP reads the config again and loads the
+checkpoints it names in the background, then applies the watcher's and the
+worker's settings together, or, if the models do not load, neither.
 """
 
 from __future__ import annotations
@@ -24,23 +27,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from loguru import logger
 
-from gensift.daemon.config import ConfigError, Settings, load_config
-from gensift.daemon.decode import FileInfo
+from gensift.daemon.config import ConfigError, Settings, config_warnings, load_config
 from gensift.daemon.journal import Journal
 from gensift.daemon.layout import check_layout, exclusions, watched_roots
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.logs import setup_logging
 from gensift.daemon.notify import SystemdNotifier
-from gensift.daemon.pipeline import Cascade, Reported, discover, load_cascade
+from gensift.daemon.pipeline import Cascade, Reported, load_cascade
+from gensift.daemon.rescan import Rescanner, Scan, run_scan
 from gensift.daemon.router import repair
 from gensift.daemon.sort import WATCH_RUN, new_run_id
 from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
-from gensift.daemon.worker import Worker
+from gensift.daemon.worker import Worker, load_models, on_cpu
 from gensift.models.errors import InputError, RuntimeProblem
 from gensift.models.presets import STAGES
 
@@ -52,6 +56,10 @@ MIN_TRACKED = 1024
 #: Seconds between checks of the checkpoint files, and how long one must be quiet.
 CHECKPOINT_POLL_SECONDS = 2.0
 CHECKPOINT_SETTLE_SECONDS = 1.0
+#: A load refused for want of memory or an I/O error is tried again after these pauses.
+RELOAD_BACKOFF = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+#: The longest gap between two systemd watchdog pings, whatever WatchdogSec says.
+WATCHDOG_MAX_SECONDS = 30.0
 #: Seconds between stats lines in the log, and the least between STATUS updates.
 STATS_SECONDS = 300.0
 STATUS_SECONDS = 2.0
@@ -65,75 +73,137 @@ def tracking_capacity(settings: Settings) -> int:
     return max(MIN_TRACKED, TRACKED_PER_BATCH_IMAGE * settings.inference.batch_size)
 
 
-class Reloader:
-    """Loads the models again when a checkpoint file changes, in a background thread.
+@dataclass(frozen=True)
+class Loaded:
+    """What a background load produced for the service to apply: the settings and their
+    cascade (None: checked on the CPU only, while the worker is idle-unloaded)."""
 
-    A changed file must be quiet for a moment (a copy in progress), then it is
-    loaded and validated while the worker keeps serving; a good one is offered
-    to the worker, which swaps it in between batches. A bad one is refused with
-    a log line and not tried again until it changes.
+    settings: Settings
+    cascade: Cascade | None
+
+
+class Reloader:
+    """Loads the models again, in a background thread, when they or the config change.
+
+    ``settings`` is what runs; ``wanted`` what the config asks for (they differ while a
+    SIGHUP's config waits for its checkpoints to load). A checkpoint of ``wanted`` that
+    changed must be quiet for a moment (a copy in progress), then it is loaded and
+    validated while the worker keeps serving; :meth:`poll` hands a good load to the
+    service, which applies its settings and offers its cascade to the worker together.
+    While the worker is idle-unloaded a changed checkpoint is checked on the CPU and let
+    go, so a broken one is reported at once, not when the next file needs it.
+
+    A refused load is tried again when a checkpoint changes (size, mtime, inode or
+    ctime: a copy that keeps the size and mtime still changes the ctime), at the next
+    SIGHUP, and, when it failed for want of memory or an I/O error, after a backoff.
     """
 
     def __init__(self, settings: Settings, worker: Worker) -> None:
         self.settings = settings
+        self.wanted = settings
         self.worker = worker
         self._seen = _signature(settings)
         self._candidate = self._seen
         self._candidate_at = 0.0
-        self._pending: Settings | None = None
+        self._request: Settings | None = None
         self._thread: threading.Thread | None = None
+        self._result: Loaded | BaseException | None = None
+        self._retry_at: float | None = None
+        self._failures = 0
 
-    def poll(self) -> None:
-        """Start a load if a checkpoint changed (and has been quiet) or one was requested."""
+    def poll(self) -> Loaded | None:
+        """Start a load if one is due; a load that succeeded since the last call, if any."""
         if self._thread is not None and self._thread.is_alive():
-            return
+            return None
         now = time.monotonic()
-        signature = _signature(self.settings)
-        if signature != self._seen and self._pending is None:
+        loaded = self._take_result(now)
+        signature = _signature(self.wanted)
+        if self._request is None and signature != self._seen:
             if signature != self._candidate:
                 self._candidate, self._candidate_at = signature, now
-                return
+                return loaded
             if now - self._candidate_at < CHECKPOINT_SETTLE_SECONDS:
-                return
-            self._seen = signature
-            if not self.worker.loaded:  # idle-unloaded: the next file loads the new one
-                logger.info("reload: a checkpoint changed; it is loaded with the next file")
-                return
+                return loaded
             logger.info("reload: a checkpoint changed; loading it in the background")
-            self._pending = self.settings
-        if self._pending is not None:
-            settings, self._pending = self._pending, None
+            self._request = self.wanted
+        if self._request is None and self._retry_at is not None and now >= self._retry_at:
+            logger.info("reload: trying the refused load again")
+            self._request = self.wanted
+        if self._request is not None:
+            settings, self._request = self._request, None
+            self._seen = self._candidate = _signature(settings)
+            self._retry_at = None
+            check_only = settings == self.settings and not self.worker.loaded
             self._thread = threading.Thread(
-                target=self._load, args=(settings,), name="gensift-reload", daemon=True
+                target=self._load, args=(settings, check_only), name="gensift-reload", daemon=True
             )
             self._thread.start()
+        return loaded
 
     def request(self, settings: Settings) -> None:
         """Load the models for ``settings`` (SIGHUP) at the next :meth:`poll`."""
-        self.settings = settings
-        self._seen = self._candidate = _signature(settings)
-        self._pending = settings
+        self.wanted = settings
+        self._request = settings
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _load(self, settings: Settings) -> None:
-        current = self.worker.cascade
-        serving = "nothing loaded" if current is None else current.predictor.describe()
+    def _take_result(self, now: float) -> Loaded | None:
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            if isinstance(result, OSError | torch.OutOfMemoryError):  # may pass by itself
+                delay = RELOAD_BACKOFF[min(self._failures, len(RELOAD_BACKOFF) - 1)]
+                self._failures += 1
+                self._retry_at = now + delay
+                logger.info("reload: trying again in {:.0f} s", delay)
+            return None
+        if result is not None:
+            self._failures = 0
+        return result
+
+    def _load(self, settings: Settings, check_only: bool) -> None:
         try:
-            cascade = load_cascade(settings)
-        except (InputError, RuntimeProblem, OSError) as exc:
-            logger.error("reload refused: {}. Still serving {}", exc, serving)
+            if check_only:
+                cascade = load_cascade(on_cpu(settings))
+                logger.info(
+                    "reload: checked {}: it loads; the models load with the next file "
+                    "(unloaded while idle)",
+                    _checkpoints(cascade),
+                )
+                del cascade
+                self._result = Loaded(settings, None)
+                return
+            cascade = load_models(settings)
+        except (InputError, RuntimeProblem, OSError, torch.OutOfMemoryError) as exc:
+            logger.error("reload refused: {}. {}", exc, self._keeping(settings))
+            self._result = exc
             return
-        except Exception:  # noqa: BLE001 - a bug in loading must not stop the daemon
-            logger.exception("reload refused by an unexpected error. Still serving {}", serving)
+        except Exception as exc:  # noqa: BLE001 - a bug in loading must not stop the daemon
+            logger.exception("reload refused by an unexpected error. {}", self._keeping(settings))
+            self._result = exc
             return
         logger.info("reload: loaded {}; swapping it in", cascade.predictor.describe())
-        self.worker.offer(settings, cascade)
+        self._result = Loaded(settings, cascade)
+
+    def _keeping(self, settings: Settings) -> str:
+        """What goes on after a refused load of ``settings``."""
+        current = self.worker.cascade
+        if current is None:
+            serving = "the models are unloaded (idle): files wait until they load"
+        else:
+            serving = f"still serving {current.predictor.describe()}"
+        if settings != self.settings:
+            return f"Keeping the running configuration; {serving}"
+        return serving[0].upper() + serving[1:]
 
 
-def _signature(settings: Settings) -> tuple[tuple[int, int, int] | None, ...]:
+def _checkpoints(cascade: Cascade) -> str:
+    stages = cascade.predictor.stages.values()
+    return "; ".join(f"{s.stage} {s.meta.id} ({s.path})" for s in stages)
+
+
+def _signature(settings: Settings) -> tuple[tuple[int, int, int, int] | None, ...]:
     """What identifies the checkpoint files as they are now (None for a missing one)."""
     result = []
     for stage in STAGES:
@@ -142,7 +212,8 @@ def _signature(settings: Settings) -> tuple[tuple[int, int, int] | None, ...]:
             st = path.stat() if path is not None else None
         except OSError:
             st = None
-        result.append(None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino))
+        signature = None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        result.append(signature)
     return tuple(result)
 
 
@@ -170,7 +241,10 @@ class Daemon:
         self._folders_lock = threading.Lock()
         self._loop_beat = time.monotonic()
         self._last_ping = 0.0
-        self._catch_up = False
+        interval = self.notifier.watchdog_interval  # half of WatchdogSec
+        # a ping at least every half of min(30 s, WatchdogSec / 2), whatever the worker does
+        self._ping_every = min(interval, WATCHDOG_MAX_SECONDS) / 2 if interval else None
+        self._catch_up = threading.Event()  # a scan found Arrivals full: scan again later
         self._unlisted = Reported()  # folders a scan could not list: warned about once
         self.worker: Worker | None = None
         self.watcher: Watcher | None = None
@@ -192,7 +266,7 @@ class Daemon:
         settings = self.settings
         check_layout(settings)
         with JournalLock(settings.journal.path, "watch"), self._signals():
-            worker, serving = self._new_worker(load_cascade(settings))
+            worker, serving = self._new_worker(load_models(settings))
             with Journal.open(settings.journal.path) as journal:
                 repaired = repair(journal, settings.output.root)
                 return self._serve(journal, worker, serving, repaired)
@@ -201,13 +275,14 @@ class Daemon:
         """The worker, and what it serves. From here on the worker is the models' only owner:
         a reference kept anywhere else (a local of :meth:`run`, say) would hold them in (GPU)
         memory through every idle unload and every reload, for the daemon's whole life."""
-        interval = self.notifier.watchdog_interval
         worker = Worker(
             self.settings,
             cascade,
             self.arrivals,
             self.run_id,
-            tick=min(WORKER_TICK_SECONDS, interval / 2) if interval else WORKER_TICK_SECONDS,
+            tick=min(WORKER_TICK_SECONDS, self._ping_every / 2)
+            if self._ping_every
+            else WORKER_TICK_SECONDS,
             heartbeat=self._heartbeat,
         )
         return worker, cascade.predictor.describe()
@@ -216,22 +291,33 @@ class Daemon:
         settings = self.settings
         self.worker = worker
         reloader = Reloader(settings, worker)
+        rescanner = Rescanner(
+            settings.journal.path, self.arrivals, self._unlisted, on_missed=self._catch_up.set
+        )
         worker.start()
         self.watcher = self._new_watcher(settings)
         code = 1  # unless the loop ends normally
         try:
             self.watcher.start()
             self._start_up(journal, serving, repaired)
-            code = self._loop(journal, worker, reloader)
+            rescanner.start()
+            code = self._loop(worker, reloader, rescanner)
         finally:
-            code = self._shutdown(worker, reloader, code)
+            code = self._shutdown(worker, reloader, rescanner, code)
         return code
 
     def _start_up(self, journal: Journal, serving: str, repaired: int) -> None:
         """The start-up scan, the start-up line, and READY."""
         settings = self.settings
         assert self.watcher is not None
-        found = self._scan(journal, watched_roots(settings))
+        scan = self._scan_of("start-up")
+        result = run_scan(journal, scan, self.arrivals, self._unlisted, self._stop)
+        if result.missed:
+            self._catch_up.set()
+        if self.worker is not None:
+            self._feed(self.worker)
+        for note in config_warnings(settings):
+            logger.warning("config: {}", note)
         logger.info(
             "watching {} ({} observer{}, settle {} s, rescan every {}) -> {}; {}; journal {}{}; "
             "run {}",
@@ -246,48 +332,55 @@ class Daemon:
             f" ({repaired} interrupted operation(s) repaired)" if repaired else "",
             self.run_id,
         )
-        self.notifier.ready(f"start-up scan found {found} undecided file(s); watching")
+        self.notifier.ready(f"start-up scan found {result.found} undecided file(s); watching")
         self.ready.set()
 
-    def _loop(self, journal: Journal, worker: Worker, reloader: Reloader) -> int:
-        settings = self.settings
+    def _loop(self, worker: Worker, reloader: Reloader, rescanner: Rescanner) -> int:
+        """The service thread's loop: nothing in it may take long (scans run in the
+        rescanner's thread, loads in the reloader's), so that it turns at least every
+        ``tick`` seconds and the watchdog ping it vouches for keeps coming."""
         now = time.monotonic()
-        next_rescan = now + settings.watch.rescan_seconds
+        next_rescan = now + self.settings.watch.rescan_seconds
         next_stats = now + STATS_SECONDS
         next_checkpoint_poll = now
         last_status, status_at, stats_decided = "", 0.0, 0
+        tick = min(TICK_SECONDS, self._ping_every / 2) if self._ping_every else TICK_SECONDS
         while not self._stop.is_set():
-            wait = self.arrivals.next_check() or TICK_SECONDS
-            self.arrivals.wake.wait(wait)
+            self.arrivals.wake.wait(min(self.arrivals.next_check() or tick, tick))
             self.arrivals.wake.clear()
             now = self._loop_beat = time.monotonic()
-            if not worker.alive():
-                logger.critical("the worker thread died; exiting so that the service restarts")
-                return 1
+            settings = self.settings
+            for thread, name in ((worker, "worker"), (rescanner, "rescan")):
+                if not thread.alive():
+                    logger.critical("the {} thread died; exiting so the service restarts", name)
+                    return 1
             self._feed(worker)
-            for folder in self._take_folders():
-                self._scan(journal, [folder])
+            folders = self._take_folders()
+            if folders:
+                rescanner.request(self._scan_of("folder", folders))
             if self.arrivals.take_missed():
-                self._catch_up = True
-            if self._catch_up and self._has_room():
-                self._catch_up = False
-                found = self._scan(journal, watched_roots(settings))
-                logger.info("catch-up scan: {} file(s) that were not tracked in the flood", found)
+                self._catch_up.set()
+            if self._catch_up.is_set() and self._has_room() and not rescanner.busy:
+                self._catch_up.clear()
+                rescanner.request(self._scan_of("catch-up"))
             if settings.watch.rescan_seconds and now >= next_rescan:
                 next_rescan = now + settings.watch.rescan_seconds
-                found = self._scan(journal, watched_roots(settings))
-                if found:
-                    logger.info("rescan: {} undecided file(s) that were not tracked yet", found)
+                if rescanner.busy:
+                    logger.debug("rescan: the last scan still runs; skipping this one")
+                else:
+                    rescanner.request(self._scan_of("rescan"))
             assert self.watcher is not None
             if self.watcher.check():
-                self._scan(journal, watched_roots(settings))
+                rescanner.request(self._scan_of("restart"))
             if now >= next_checkpoint_poll:
                 next_checkpoint_poll = now + CHECKPOINT_POLL_SECONDS
-                reloader.poll()
+                loaded = reloader.poll()
+                if loaded is not None:
+                    self._apply(loaded, reloader, worker)
             if self._hangup.is_set():
                 self._hangup.clear()
                 self._reload_config(reloader)
-                settings = self.settings
+                next_checkpoint_poll = now  # start loading at the next turn
             status = self._status(worker)
             if status != last_status and now - status_at >= STATUS_SECONDS:
                 self.notifier.status(status)
@@ -299,11 +392,13 @@ class Daemon:
                 stats_decided = worker.decided
         return 0
 
-    def _shutdown(self, worker: Worker, reloader: Reloader, code: int) -> int:
+    def _shutdown(self, worker: Worker, reloader: Reloader, rescanner: Rescanner, code: int) -> int:
         logger.info("stopping: no new files; finishing the batch in flight")
         self.notifier.stopping("stopping: finishing the batch in flight")
         assert self.watcher is not None
         self.watcher.stop()
+        if rescanner.alive():
+            rescanner.stop()
         stopped = worker.stop(STOP_GRACE_SECONDS)
         if stopped == "abandoned":
             logger.warning(
@@ -327,48 +422,27 @@ class Daemon:
     # -- pieces of the loop ----------------------------------------------------------------
 
     def _feed(self, worker: Worker) -> None:
+        """Hand due files to the worker; none while it swaps in new settings, so that every
+        file handed on after a reload was applied is decided by the new settings."""
         room = worker.room()
-        if room:
+        if room and not worker.swapping:
             for path in self.arrivals.due(room):
                 worker.put(path)
 
     def _has_room(self) -> bool:
         return self.arrivals.waiting < self.arrivals.capacity // 2
 
-    def _scan(self, journal: Journal, roots: Sequence[Path]) -> int:
-        """Track every file under ``roots`` with no decision; how many were new."""
+    def _scan_of(self, why: str, folders: Sequence[Path] | None = None) -> Scan:
+        """A scan of ``folders`` (all watched folders when None) with the running settings."""
         settings = self.settings
-        existing = [root for root in roots if root.is_dir()]
-        try:
-            paths = discover(
-                existing,
-                settings.watch.patterns,
-                recursive=settings.watch.recursive,
-                exclude=exclusions(settings),
-                reported=self._unlisted,
-            )
-        except OSError as exc:
-            logger.error("scan of {} failed: {}; tried again at the next rescan", roots, exc)
-            return 0
-        found = 0
-        for path in paths:
-            if self.arrivals.tracked(path):
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            if journal.decided(FileInfo(path, st.st_size, st.st_mtime_ns)):
-                continue
-            if not self.arrivals.saw(path):
-                if self.arrivals.take_missed():
-                    self._catch_up = True  # full: the rest once the worker has caught up
-                    break
-                continue
-            found += 1
-        if self.worker is not None:
-            self._feed(self.worker)
-        return found
+        return Scan(
+            roots=tuple(watched_roots(settings) if folders is None else folders),
+            patterns=tuple(settings.watch.patterns),
+            recursive=settings.watch.recursive,
+            exclude=tuple(exclusions(settings)),
+            why=why,
+            full=folders is None,
+        )
 
     def _folder_appeared(self, folder: Path) -> None:
         with self._folders_lock:
@@ -392,7 +466,8 @@ class Daemon:
         )
 
     def _reload_config(self, reloader: Reloader) -> None:
-        """SIGHUP: read the config again; apply it with the models it names, or keep both."""
+        """SIGHUP: read the config again and load the models it names in the background;
+        :meth:`_apply` applies both once they loaded, or neither."""
         logger.info("SIGHUP: reloading {}", self.config_path or "the configuration")
         try:
             new = load_config(self.config_path, environ=self.environ)
@@ -406,20 +481,39 @@ class Daemon:
                 "journal.path changed to {}; that takes effect at the next start", new.journal.path
             )
             new = new.model_copy(update={"journal": old.journal})
-        if new.log != old.log:
-            try:
-                setup_logging(new.log)
-            except ConfigError as exc:
-                logger.error("log settings not applied: {}", exc)
-        self.settings = new
-        self.arrivals.settle_seconds = new.watch.settle_seconds
-        if new.watch != old.watch or new.output.root != old.output.root:
-            assert self.watcher is not None
-            self.watcher.stop()
-            self.watcher = self._new_watcher(new)
-            self.watcher.start()
-            self._catch_up = True
+        for note in config_warnings(new):
+            logger.warning("config: {}", note)
+        logger.info(
+            "SIGHUP: loading the checkpoints the configuration names; it is applied once they "
+            "load, or not at all"
+        )
         reloader.request(new)
+
+    def _apply(self, loaded: Loaded, reloader: Reloader, worker: Worker) -> None:
+        """Apply what the reloader loaded: the watcher's settings and the worker's together."""
+        new, old = loaded.settings, self.settings
+        reloader.settings = new
+        if new != old:
+            if new.log != old.log:
+                try:
+                    setup_logging(new.log)
+                except ConfigError as exc:
+                    logger.error("log settings not applied: {}", exc)
+            self.settings = new
+            self.arrivals.settle_seconds = new.watch.settle_seconds
+            if new.watch != old.watch or new.output.root != old.output.root:
+                assert self.watcher is not None
+                self.watcher.stop()
+                self.watcher = self._new_watcher(new)
+                try:
+                    self.watcher.start()
+                except Exception as exc:  # noqa: BLE001 - check() restarts it with backoff
+                    logger.error("watcher: cannot start the observer: {}", exc)
+                self._catch_up.set()
+            logger.info("reload: the new configuration applies from the next batch")
+        elif loaded.cascade is None:
+            return  # a checkpoint checked while idle-unloaded: nothing changes now
+        worker.offer(new, loaded.cascade)
 
     def _status(self, worker: Worker) -> str:
         return (
@@ -442,14 +536,18 @@ class Daemon:
     def _heartbeat(self) -> None:
         """Called by the worker on every turn of its loop: ping systemd's watchdog.
 
-        The ping also requires the service loop to have turned within the watchdog
-        timeout, so a hang in either thread stops the pings and systemd restarts us.
+        Pings come every ``_ping_every`` seconds (a quarter of WatchdogSec, at most 15 s),
+        so the gap between two stays under min(30 s, WatchdogSec / 2) even when a turn of
+        the worker runs late. The ping also requires the service loop to have turned
+        lately (it never waits on a scan or a load), so a hang in either thread stops the
+        pings and systemd restarts us.
         """
         interval = self.notifier.watchdog_interval
-        if interval is None or not self.ready.is_set():  # systemd watches from READY on
+        every = self._ping_every
+        if interval is None or every is None or not self.ready.is_set():  # from READY on
             return
         now = time.monotonic()
-        if now - self._last_ping < interval or now - self._loop_beat > 2 * interval:
+        if now - self._last_ping < every or now - self._loop_beat > 2 * interval:
             return
         self._last_ping = now
         self.notifier.watchdog()

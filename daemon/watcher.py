@@ -8,8 +8,13 @@ A file takes this path before the worker sees it:
    and gensift's own temporary files are never reported.
 2. :class:`Arrivals` holds it until it is complete: a close-after-write event
    (Linux) or a rename into place ends the wait; otherwise its size and mtime
-   must stay unchanged for ``settle_seconds``. The decoder still checks that it
-   decodes, so a file closed half-written is tried again, not called corrupt.
+   must stay unchanged across two looks at least ``settle_seconds`` apart on
+   gensift's own monotonic clock. The file's mtime is compared only with itself,
+   never with the local clock: a network share stamps files with another
+   machine's clock, and a copy may keep the original's. The decoder still checks
+   that it decodes, and calls a file corrupt only once it has settled by the
+   same rule (:meth:`Arrivals.observation`), so a file closed half-written is
+   tried again, not called corrupt.
 3. :meth:`Arrivals.due` hands complete files on to the worker's bounded inbox,
    no more than it has room for; the file stays *tracked* until the worker
    reports back, so a rescan never queues a file twice.
@@ -43,6 +48,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from gensift.daemon.decode import Observation
 from gensift.daemon.pipeline import is_excluded, real_path, wanted
 
 #: The events that can mean "a file appeared or changed"; the rest are not delivered.
@@ -75,15 +81,13 @@ class Arrivals:
         capacity: int,
         *,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settle_seconds = settle_seconds
         self.capacity = capacity
         self._clock = clock
-        self._wall = wall
         self._lock = threading.Lock()
         self._pending: dict[Path, _Pending] = {}
-        self._queued: set[Path] = set()
+        self._queued: dict[Path, _Pending] = {}  # with the last look before it was handed on
         self._missed = False
         self.peak = 0  # the most files tracked at once
         self.wake = threading.Event()  # set when something may have become due
@@ -135,7 +139,7 @@ class Arrivals:
 
     def due(self, limit: int) -> list[Path]:
         """Up to ``limit`` complete files, oldest first; they count as queued from now on."""
-        now, wall = self._clock(), self._wall()
+        now = self._clock()
         with self._lock:
             candidates = list(self._pending.items())
         ready, gone = [], []
@@ -156,17 +160,21 @@ class Arrivals:
                     p.size, p.mtime_ns, p.stable_since = st.st_size, st.st_mtime_ns, now
                     p.finished = False
                 continue
-            quiet = now - p.stable_since >= self.settle_seconds
-            old = wall - st.st_mtime_ns / 1e9 >= self.settle_seconds
-            if p.finished or quiet or old:
+            if p.finished or now - p.stable_since >= self.settle_seconds:
                 ready.append(path)
         with self._lock:
             for path in gone:
                 self._pending.pop(path, None)
             for path in ready:
-                if self._pending.pop(path, None) is not None:
-                    self._queued.add(path)
+                if (p := self._pending.pop(path, None)) is not None:
+                    self._queued[path] = p
         return ready
+
+    def observation(self, path: Path) -> Observation | None:
+        """How a file handed to the worker looked, and since when (None if not handed on)."""
+        with self._lock:
+            p = self._queued.get(path)
+            return None if p is None else Observation(p.size, p.mtime_ns, p.stable_since)
 
     def next_check(self) -> float | None:
         """Seconds until a waiting file might become complete (None when none waits)."""
@@ -179,12 +187,12 @@ class Arrivals:
     def done(self, path: Path) -> None:
         """The worker is finished with ``path`` (decided, or gone, or unreadable)."""
         with self._lock:
-            self._queued.discard(path)
+            self._queued.pop(path, None)
 
     def retry(self, path: Path) -> None:
         """The worker found ``path`` still being written: wait for it to settle again."""
         with self._lock:
-            self._queued.discard(path)
+            self._queued.pop(path, None)
         self.saw(path)
 
     def take_missed(self) -> bool:

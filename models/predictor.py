@@ -12,7 +12,7 @@ backbone pass per image when both stages were trained with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -145,11 +145,16 @@ class Predictor:
     """
 
     def __init__(
-        self, stages: Sequence[LoadedStage], device: torch.device, amp: torch.dtype | None
+        self,
+        stages: Sequence[LoadedStage],
+        device: torch.device,
+        amp: torch.dtype | None,
+        precision: str = "auto",
     ) -> None:
         self.stages: dict[Stage, LoadedStage] = {s.stage: s for s in stages}
         self.device = device
         self.amp = amp
+        self.precision = precision  # as asked for; ``amp`` is what it means on ``device``
         self.shared_backbone = any(s.model is None for s in stages)
         self.presets: dict[PresetKey, EvalPreset] = {
             s.key: EvalPreset(s.meta.image_size, s.meta.normalization) for s in stages
@@ -189,7 +194,22 @@ class Predictor:
             else:
                 model = prepare_for_inference(model, torch_device)
                 stages.append(LoadedStage(stage, path, meta, model, model.head))
-        return cls(stages, torch_device, autocast_dtype(torch_device, precision))
+        return cls(stages, torch_device, autocast_dtype(torch_device, precision), precision)
+
+    def moved_to(self, device: torch.device) -> Predictor:
+        """The same models on ``device`` (moved in place: use only the result from now on).
+
+        May raise ``torch.OutOfMemoryError`` part-way; moving to the CPU then brings every
+        tensor back.
+        """
+        stages = []
+        for s in self.stages.values():
+            if s.model is not None:
+                model = prepare_for_inference(s.model, device)
+                stages.append(replace(s, model=model, head=model.head))
+            else:
+                stages.append(replace(s, head=s.head.to(device).eval()))
+        return Predictor(stages, device, autocast_dtype(device, self.precision), self.precision)
 
     def describe(self) -> str:
         parts = [f"{s.stage} {s.meta.arch} {s.meta.id} ({s.path})" for s in self.stages.values()]

@@ -450,3 +450,37 @@ def test_unopenable_log_file_is_a_config_error(tmp_path: Path) -> None:
         setup_logging(LogSettings(file=blocker / "gensift.log"), sink=io.StringIO())
     assert info.value.key == "log.file"
     assert "log.file" in str(info.value) and str(blocker) in str(info.value)
+
+
+# --- watch.settle_seconds: a floor, not an error ------------------------------------------------
+
+
+@pytest.mark.parametrize("asked", ["0", "0.1", "0.49"])
+def test_a_settle_time_below_the_safe_minimum_is_raised_to_it_with_a_warning(
+    tmp_path: Path, env: dict[str, str], asked: str
+) -> None:
+    from gensift.daemon.config import MIN_SETTLE_SECONDS, config_warnings
+
+    settings = load_config(write(tmp_path, f"[watch]\nsettle_seconds = {asked}\n"), environ=env)
+    assert MIN_SETTLE_SECONDS == 0.5
+    assert settings.watch.settle_seconds == MIN_SETTLE_SECONDS
+    [note] = config_warnings(settings)
+    assert note.startswith("watch.settle_seconds = ") and "0.5" in note
+    # the same from the environment, and a value at or above the floor is left alone
+    env["GENSIFT_WATCH__SETTLE_SECONDS"] = asked
+    assert load_config(environ=env).watch.settle_seconds == MIN_SETTLE_SECONDS
+    env["GENSIFT_WATCH__SETTLE_SECONDS"] = "0.5"
+    assert config_warnings(load_config(environ=env)) == []
+
+
+def test_config_check_warns_about_a_raised_settle_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from gensift.daemon.cli import main
+
+    config = write(tmp_path, "[watch]\nsettle_seconds = 0\n")
+    assert main(["config", "check", "-c", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "settle_seconds = 0.5" in captured.out  # what runs
+    [line] = [x for x in captured.err.splitlines() if "settle_seconds" in x]
+    assert line.startswith("gensift: warning: watch.settle_seconds = 0 is below")

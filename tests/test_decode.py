@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from gensift.daemon.decode import (
     Decoded,
     DecodePool,
     Decoder,
+    Observation,
     formats_for,
     is_blank,
 )
@@ -201,7 +203,7 @@ def test_undecodable_settled_files_are_corrupt(tmp_path: Path, write, expected: 
     path = tmp_path / "broken.png"
     write(path)
     _age(path)
-    result = _decoder(settle_seconds=2.0)(path)
+    result = _decoder(settle_seconds=0.2)(path)
     assert result.status == "corrupt"
     assert expected in result.note.lower()
     assert not result.inputs
@@ -224,15 +226,57 @@ def test_a_decompression_bomb_is_corrupt_without_decoding_it(tmp_path: Path, sid
     assert f"{side}x{side}" in result.note or str(side * side) in result.note, result.note
 
 
-def test_a_young_truncated_file_is_unsettled_not_corrupt(tmp_path: Path) -> None:
+def test_an_undecodable_file_still_growing_when_looked_at_again_is_unsettled(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "writing.png"
+    whole = _drawn(tmp_path / "whole.png").read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    waits: list[float] = []
+
+    def writer_goes_on(seconds: float) -> None:  # what happens while sort's decoder waits
+        waits.append(seconds)
+        with path.open("ab") as handle:
+            handle.write(whole[len(whole) // 2 :])
+
+    decoder = replace(_decoder(settle_seconds=60), sleep=writer_goes_on)
+    result = decoder(path)
+    assert result.status == "unsettled" and "not decodable yet" in result.note
+    assert len(waits) == 1 and 59 < waits[0] <= 60  # looked again a settle time later
+    assert _decoder(settle_seconds=60)(path).status == "ok"  # complete now: no wait at all
+
+
+@pytest.mark.parametrize("age", [86_400.0, -86_400.0], ids=["a-day-old", "a-day-ahead"])
+def test_an_unchanged_undecodable_file_is_corrupt_whatever_its_mtime_says(
+    tmp_path: Path, age: float
+) -> None:
+    """The file's mtime (another machine's clock on a share) plays no part: a truncated
+    file that stays the same across settle_seconds of our clock is corrupt."""
+    path = tmp_path / "truncated.png"
     _write_truncated(path)
-    result = _decoder(settle_seconds=60)(path)
-    assert result.status == "unsettled"
-    assert result.note
-    # once it has settled, the same bytes are corrupt
-    _age(path)
-    assert _decoder(settle_seconds=60)(path).status == "corrupt"
+    _age(path, age)
+    result = _decoder(settle_seconds=0.2)(path)
+    assert result.status == "corrupt", result  # a day ahead: "unsettled" forever before
+    assert "truncated" in result.note.lower()
+
+
+def test_the_daemon_decoder_judges_by_the_watchers_look_and_never_waits(tmp_path: Path) -> None:
+    path = tmp_path / "truncated.png"
+    _write_truncated(path)
+    st = path.stat()
+    now = time.monotonic()
+
+    def decoder(seen: Observation | None) -> Decoder:
+        def no_sleep(seconds: float) -> None:
+            raise AssertionError("the daemon's decoder must not wait")
+
+        return replace(_decoder(settle_seconds=2.0), observed=lambda p: seen, sleep=no_sleep)
+
+    settled = Observation(st.st_size, st.st_mtime_ns, now - 5)
+    assert decoder(settled)(path).status == "corrupt"
+    assert decoder(replace(settled, since=now))(path).status == "unsettled"  # seen just now
+    assert decoder(replace(settled, size=st.st_size - 1))(path).status == "unsettled"
+    assert decoder(None)(path).status == "unsettled"
 
 
 def test_a_young_complete_file_decodes_at_once(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ The daemon-as-a-subprocess tests (signals, systemd, SIGKILL) are in test_watch_p
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import shutil
+import sys
 import threading
 import time
 import weakref
@@ -17,17 +19,21 @@ import pytest
 from loguru import logger
 from sortkit import check_ledger, decisions, sha, write_config
 from watchkit import (
+    WAIT,
+    NotifySocket,
     daemon_thread,
     drawn_files,
+    final_rows,
     recalibrated,
     too_deep,
     wait_decided,
     wait_for,
 )
 
-from gensift.daemon import service
+from gensift.daemon import worker as worker_module
 from gensift.daemon.config import Settings, load_config
 from gensift.daemon.lock import JournalBusy, JournalLock
+from gensift.daemon.notify import SystemdNotifier
 from gensift.daemon.pipeline import Cascade, load_cascade
 from gensift.daemon.service import Daemon, tracking_capacity
 from gensift.daemon.sort import run_sort
@@ -44,6 +50,10 @@ def models(tmp_path: Path, frozen_pair: tuple[Path, Path]) -> tuple[Path, Path]:
         Path(shutil.copy(frozen_pair[0], folder)),
         Path(shutil.copy(frozen_pair[1], folder)),
     )
+
+
+def sha_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -222,7 +232,8 @@ def test_idle_models_are_unloaded_freed_and_loaded_again_for_the_next_file(
         started.append(weakref.ref(cascade.predictor))
         return cascade
 
-    monkeypatch.setattr(service, "load_cascade", load_and_watch)  # the start-up load only
+    # the start-up load (and the one after the unload, once the test has looked)
+    monkeypatch.setattr(worker_module, "load_cascade", load_and_watch)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = write_config(tmp_path, *models, idle_unload_seconds=0.5)
@@ -276,3 +287,113 @@ def test_one_process_at_a_time_moves_files_under_a_journal(
     with pytest.raises(JournalBusy), JournalLock(settings.journal.path, "sort"):
         Daemon(settings).run()
     assert run_sort(settings, [tmp_path / "inbox"], progress=False).decided == 2  # free again
+
+
+# -- finished files: settling by gensift's own clock ---------------------------------------------
+
+
+def _write_in_chunks(
+    data: bytes, target: Path, journal: Path, *, pause: float, chunks: int = 12, age: float = 0.0
+) -> None:
+    """Write ``data`` through one open handle, pausing between chunks; after each chunk the
+    file must still be undecided. ``age``: stamp the file that many seconds in the past after
+    each chunk, as a share whose clock is off does."""
+    step = -(-len(data) // chunks)
+    with target.open("wb") as handle:
+        for i in range(chunks):
+            handle.write(data[i * step : (i + 1) * step])
+            handle.flush()
+            if age:
+                stamp = time.time() - age
+                os.utime(target, (stamp, stamp))
+            time.sleep(pause)
+            early = [e for e in final_rows(journal) if e.source.name == target.name]
+            assert not early, f"decided after {i + 1} of {chunks} chunks: {early}"
+
+
+def test_settle_seconds_zero_no_longer_decides_a_file_still_being_written(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    """The issue's case: settle_seconds = 0 let the daemon quarantine a PNG as corrupt
+    after 120 of its 392 bytes. Now the floor (0.5 s) holds it until the writer is done."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, settle_seconds=0.0)
+    data = drawn_files(tmp_path / "staged", 2)[1].read_bytes()  # the noisy kind: larger
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config) as daemon:
+        assert daemon.settings.watch.settle_seconds == 0.5
+        # 4 s of writing (past the old loop's 2 s sleep), pauses well under the 0.5 s floor
+        _write_in_chunks(data, inbox / "slow.png", journal, pause=0.25, chunks=16)
+        [row] = wait_decided(journal, 1)
+    assert (row.size, row.sha256, row.state) == (len(data), sha_bytes(data), "done")
+    assert row.reason != "corrupt", row
+    assert any("watch.settle_seconds = 0 is below the safe minimum" in x for x in log_lines)
+
+
+def test_a_share_whose_clock_is_off_still_settles_by_the_local_clock(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    """mtimes a day in the past (a writer's clock behind ours) do not make a file being
+    written look finished; a day in the future does not keep a broken file waiting forever."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, *models, settle_seconds=1.0)
+    data = drawn_files(tmp_path / "staged", 2)[1].read_bytes()
+    journal = tmp_path / "journal.sqlite3"
+    with daemon_thread(config):
+        ahead = inbox / "ahead.png"
+        ahead.write_bytes(data[: len(data) // 2])  # truncated for good
+        stamp = time.time() + 86_400
+        os.utime(ahead, (stamp, stamp))
+        _write_in_chunks(data, inbox / "behind.png", journal, pause=0.25, age=86_400)
+        rows = wait_decided(journal, 2, timeout=60)
+    by_name = {e.source.name: e for e in rows}
+    assert (by_name["ahead.png"].reason, by_name["ahead.png"].action) == ("corrupt", "quarantine")
+    behind = by_name["behind.png"]
+    assert (behind.size, behind.sha256) == (len(data), sha_bytes(data))
+    assert behind.reason != "corrupt", behind
+
+
+# -- long rescans and the systemd watchdog --------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="AF_UNIX datagrams")
+def test_watchdog_pings_and_decisions_go_on_while_a_rescan_is_stuck_listing_a_slow_share(
+    tmp_path: Path, models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = tmp_path / "inbox"
+    share = inbox / "share"  # a folder on a share that answers slowly, here: not at all
+    drawn_files(share, 1)
+    config = write_config(tmp_path, *models, rescan_seconds=1.0)
+    journal = tmp_path / "journal.sqlite3"
+    armed, listing, release = threading.Event(), threading.Event(), threading.Event()
+    real_scandir = os.scandir
+
+    def slow_scandir(path: str | os.PathLike[str] = ".") -> object:
+        if armed.is_set() and Path(path) == share:
+            listing.set()
+            release.wait(WAIT)  # bounded: a test that fails must still end
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", slow_scandir)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    # WatchdogSec=2s: systemd kills a service whose pings stop for 2 s
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
+    try:
+        with daemon_thread(config, notifier=notifier):
+            wait_decided(journal, 1)  # the start-up scan listed the share at full speed
+            armed.set()
+            wait_for(listing.is_set, what="a rescan stuck listing the share")
+            pings = notify.lines().count("WATCHDOG=1")
+            # at least 5 more pings, i.e. well past the 2 s in which systemd would have
+            # killed a daemon whose service thread was stuck in the scan
+            wait_for(lambda: notify.lines().count("WATCHDOG=1") >= pings + 5, what="pings")
+            drawn_files(inbox, 1, prefix="meanwhile", seed=3)
+            rows = wait_decided(journal, 2)  # and files are still decided meanwhile
+            assert not release.is_set() and listing.is_set()  # the rescan is still running
+            release.set()
+    finally:
+        release.set()
+        notify.close()
+    assert rows[-1].source.name.startswith("meanwhile")

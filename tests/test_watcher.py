@@ -36,7 +36,7 @@ def write(path: Path, data: bytes = b"x" * 100, *, age: float = 0.0) -> Path:
 
 def test_a_closed_file_is_due_at_once_an_open_one_only_after_settling(tmp_path: Path) -> None:
     clock = Clock()
-    arrivals = Arrivals(settle_seconds=2.0, capacity=10, clock=clock, wall=lambda: 0.0)
+    arrivals = Arrivals(settle_seconds=2.0, capacity=10, clock=clock)
     closed, open_ = write(tmp_path / "closed.png"), write(tmp_path / "open.png")
     arrivals.saw(closed, finished=True)
     arrivals.saw(open_)
@@ -50,7 +50,7 @@ def test_a_closed_file_is_due_at_once_an_open_one_only_after_settling(tmp_path: 
 
 def test_a_file_that_keeps_changing_is_not_due(tmp_path: Path) -> None:
     clock = Clock()
-    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock, wall=lambda: 0.0)
+    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock)
     path = write(tmp_path / "slow.png", b"a")
     arrivals.saw(path)
     for size in range(2, 8):
@@ -65,7 +65,7 @@ def test_a_file_that_keeps_changing_is_not_due(tmp_path: Path) -> None:
 
 def test_a_change_after_the_close_event_means_the_writer_came_back(tmp_path: Path) -> None:
     clock = Clock()
-    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock, wall=lambda: 0.0)
+    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock)
     path = write(tmp_path / "a.png", b"a")
     arrivals.saw(path, finished=True)
     path.write_bytes(b"ab")
@@ -74,11 +74,20 @@ def test_a_change_after_the_close_event_means_the_writer_came_back(tmp_path: Pat
     assert arrivals.due(10) == [path]
 
 
-def test_an_old_file_from_a_scan_is_due_at_once(tmp_path: Path) -> None:
-    arrivals = Arrivals(settle_seconds=2.0, capacity=10)
-    path = write(tmp_path / "old.png", age=60)
+@pytest.mark.parametrize("age", [86_400.0, -86_400.0], ids=["a-day-old", "a-day-ahead"])
+def test_a_files_own_mtime_never_makes_it_due(tmp_path: Path, age: float) -> None:
+    """A share's clock a day off either way: the file waits for settle_seconds by ours."""
+    clock = Clock()
+    arrivals = Arrivals(settle_seconds=2.0, capacity=10, clock=clock)
+    path = write(tmp_path / "remote.png", age=age)
     arrivals.saw(path)
+    assert arrivals.due(10) == []  # before: a day-old mtime made it due at once
+    clock.now += 1.9
+    assert arrivals.due(10) == []
+    clock.now += 0.2
     assert arrivals.due(10) == [path]
+    seen = arrivals.observation(path)
+    assert seen is not None and seen.since == 1000.0 and seen.size == path.stat().st_size
 
 
 def test_due_hands_out_no_more_than_the_inbox_takes(tmp_path: Path) -> None:
@@ -106,7 +115,7 @@ def test_capacity_bounds_the_files_tracked_and_flags_the_rest(tmp_path: Path) ->
 
 def test_a_queued_file_is_not_tracked_twice_and_retry_waits_again(tmp_path: Path) -> None:
     clock = Clock()
-    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock, wall=lambda: 0.0)
+    arrivals = Arrivals(settle_seconds=1.0, capacity=10, clock=clock)
     path = write(tmp_path / "a.png")
     arrivals.saw(path, finished=True)
     assert arrivals.due(10) == [path]

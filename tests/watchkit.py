@@ -21,6 +21,7 @@ from sortkit import decisions
 
 from gensift.daemon.config import load_config
 from gensift.daemon.journal import Entry
+from gensift.daemon.notify import SystemdNotifier
 from gensift.daemon.service import Daemon
 from gensift.models.checkpoint import read_checkpoint, save_checkpoint
 
@@ -84,9 +85,9 @@ def write_renamed(source: Path, target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def daemon_thread(config: Path) -> Iterator[Daemon]:
+def daemon_thread(config: Path, notifier: SystemdNotifier | None = None) -> Iterator[Daemon]:
     """``gensift watch`` in a thread of this process (signals are the subprocess tests' job)."""
-    daemon = Daemon(load_config(config), config_path=config)
+    daemon = Daemon(load_config(config), config_path=config, notifier=notifier)
     codes: list[int] = []
     errors: list[BaseException] = []
 
