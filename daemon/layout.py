@@ -31,10 +31,11 @@ def watched_roots(settings: Settings) -> list[Path]:
 
 
 def check_layout(settings: Settings) -> None:
-    """Refuse a watched folder inside the output root: gensift would sift its own output."""
-    root = settings.output.root.resolve()
+    """Refuse a watched folder inside the output root (whatever the spelling: by device and
+    inode where the root exists): gensift would sift its own output."""
+    root = settings.output.root
     for path, real in zip(settings.watch.paths, watched_roots(settings), strict=True):
-        if real.is_relative_to(root):
+        if _within(real, root):
             raise InputError(
                 f"watch.paths: {path} is inside output.root ({settings.output.root}); files "
                 f"gensift routes there would be watched again. Watch a folder outside the "
