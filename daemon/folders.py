@@ -1,23 +1,30 @@
 """Folders known by what they are, not by how a path spells them.
 
 One folder has many spellings: through a symlink, with ``..``, through a bind mount, in
-another case on a case-insensitive disk. Whether a path is inside a folder gensift never
-picks files from (the output root, the training reports) must not depend on the spelling:
+another case on a case-insensitive disk. Two questions must not depend on the spelling:
 
-* :class:`Excluded` compares each folder above the path by device and inode with the
-  excluded folders. A scan checks each folder once as it descends (:meth:`Excluded.is_one`:
-  one ``stat`` per folder, none per file); the watcher's events ask :meth:`Excluded.holds`,
-  which remembers its answer per folder.
+* :class:`Excluded`: is a path inside a folder gensift never picks files from (the output
+  root, the training reports)? Each folder above the path is compared by device and inode
+  with the excluded folders. A scan checks each folder once as it descends
+  (:meth:`Excluded.is_one`: one ``stat`` per folder, none per file); the watcher's events ask
+  :meth:`Excluded.holds`, which remembers its answer per folder.
+* :class:`ClassFolders`: may a class folder that is a symlink (``<root>/a -> /mnt/big/a``) be
+  followed? Only to a folder owned by the user gensift runs as (no owner check on Windows),
+  other than the output root, that no watched folder scans: files moved there would be
+  sorted again. Otherwise that class's files are refused; the others are not affected.
 
 Kept free of torch: the watcher and ``service install`` import it.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from gensift.daemon.fileops import shown
 
 #: A folder's identity: (device, inode).
 FolderId = tuple[int, int]
@@ -125,3 +132,113 @@ class Excluded:
     def _look_again(self) -> None:
         if self._missing and self._clock() - self._looked >= REFRESH_SECONDS:
             self.refresh()
+
+
+class ClassFolders:
+    """Says whether files may be moved into a folder under the output root.
+
+    ``watched``: (folder, recursive) pairs whose scans would find a file moved into them (the
+    watched folders; for ``sort``, also the folders it sorts). ``excluded``: folders never
+    scanned besides the root (a link into one of them is fine). The verdict on a link is
+    remembered until the link or the folder it leads to changes.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        watched: Iterable[tuple[Path, bool]] = (),
+        excluded: Iterable[Path] = (),
+    ) -> None:
+        self.root = root
+        self.watched = [(real_path(path), recursive) for path, recursive in watched]
+        self.excluded = [root, *excluded]  # the root may come twice: no matter
+        self._verdicts: dict[tuple[int, ...], str | None] = {}
+
+    def problem(self, folder: Path) -> str | None:
+        """Why files must not be moved into ``folder``, or None.
+
+        Only a symlink is judged: a real folder (or none yet) is fine, and anything else in
+        the way (a file with the folder's name, no permission) shows when the move fails.
+        """
+        try:
+            link = folder.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISLNK(link.st_mode):
+            return None
+        try:
+            st = folder.stat()
+        except OSError as exc:
+            return self._refused(folder, f"{shown(_link_text(folder))}, which {_cannot(exc)}")
+        key = (link.st_dev, link.st_ino, link.st_ctime_ns, st.st_dev, st.st_ino, st.st_mode,
+               st.st_uid)  # fmt: skip
+        if key not in self._verdicts:
+            if len(self._verdicts) >= CACHE_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[key] = self._judge(folder, st)
+        return self._verdicts[key]
+
+    def _judge(self, folder: Path, st: os.stat_result) -> str | None:
+        target = real_path(folder)
+        if not stat.S_ISDIR(st.st_mode):
+            return self._refused(folder, f"{shown(target)}, which is not a folder")
+        uid = getattr(os, "getuid", None)
+        if uid is not None and st.st_uid != uid():
+            return self._refused(
+                folder,
+                f"{shown(target)}, a folder owned by uid {st.st_uid}, not by the user "
+                f"gensift runs as (uid {uid()})",
+            )
+        if (st.st_dev, st.st_ino) == folder_id(self.root):
+            return self._refused(folder, "the output root itself")
+        watched = self._watching(target)
+        if watched is not None:
+            return self._refused(
+                folder,
+                f"{shown(target)}, inside the watched folder {shown(watched)}: files moved "
+                "there would be sorted again",
+            )
+        return None
+
+    def _watching(self, target: Path) -> Path | None:
+        """The watched folder whose scans would find files in ``target`` (a real path), if
+        any: the nearest folder above it decides, and an excluded one is never scanned."""
+        excluded = {found for f in self.excluded if (found := folder_id(f)) is not None}
+        watched: dict[FolderId, tuple[Path, bool]] = {}
+        for path, recursive in self.watched:  # one folder twice: recursive if either is
+            if (found := folder_id(path)) is not None:
+                recursive = recursive or watched.get(found, (path, False))[1]
+                watched[found] = (path, recursive)
+        for depth, folder in enumerate((target, *target.parents)):
+            found = folder_id(folder)
+            if found is None:
+                continue
+            if found in excluded:
+                return None
+            if found in watched:
+                path, recursive = watched[found]
+                if depth == 0 or recursive:
+                    return path
+        return None
+
+    def _refused(self, folder: Path, where: str) -> str:
+        return (
+            f"class folder {shown(folder)} is a symlink to {where}; refusing to move files "
+            "into it: they are left where they are and tried again at the next run or "
+            "rescan. Point the link at a folder you own outside the watched folders, or "
+            "make it a real folder"
+        )
+
+
+def _link_text(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:
+        return "?"
+
+
+def _cannot(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist (not mounted?)"
+    return f"cannot be reached ({exc.strerror or exc})"

@@ -7,11 +7,13 @@ without a minute of importing models.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from loguru import logger
 
 from gensift.daemon.config import Settings
+from gensift.daemon.folders import ClassFolders
 from gensift.models.errors import InputError
 
 
@@ -28,6 +30,15 @@ def watched_roots(settings: Settings) -> list[Path]:
     """The watched folders with symlinks resolved: an observer scheduled on a symlink sees
     nothing inside it, and events and scans must name each file the same way."""
     return [path.resolve() for path in settings.watch.paths]
+
+
+def class_folders(settings: Settings, also: Iterable[tuple[Path, bool]] = ()) -> ClassFolders:
+    """The judge of symlinked class folders for ``settings``: none may lead into a watched
+    folder, or into one of ``also`` ((folder, recursive) pairs: the folders ``sort`` reads)."""
+    watched = [(path, settings.watch.recursive) for path in settings.watch.paths]
+    return ClassFolders(
+        settings.output.root, watched=[*watched, *also], excluded=exclusions(settings)
+    )
 
 
 def check_layout(settings: Settings) -> None:

@@ -286,10 +286,17 @@ class Sifter:
 
     def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
         outcome = self.router.apply(item.file, decision, checkpoints)
-        path = item.file.path
+        path, folder = item.file.path, outcome.destination
         if outcome.state == "failed":
             logger.log(self.reported.level(path, outcome.note), "{}", outcome.describe())
+        elif outcome.state == "refused":  # one error for the folder, not one per file
+            assert folder is not None
+            logger.log(self.reported.level(folder, outcome.note), "{}", outcome.note)
+            level = self.reported.level(path, outcome.note, first="INFO")
+            logger.log(level, "{}: {} refused; left in place", shown(path), decision.action)
         else:
             self.reported.forget(path)
+            if folder is not None:
+                self.reported.forget(folder.parent)  # the folder works: news if it breaks
             logger.info("{}", outcome.describe())
         return outcome
