@@ -20,8 +20,8 @@ did, the copy is dropped and :class:`SourceChangedError` says so (the source
 is untouched: a file still being written never loses its tail).
 
 :func:`free_name` finds a name no file has in a few probes, however many
-``name-N.png`` there are; :func:`confined` refuses any destination outside the
-output root; :func:`shown` spells a path for people (names that are not UTF-8
+``name-N.png`` there are; :func:`confined` refuses a class name that would lead
+outside the output root; :func:`shown` spells a path for people (names that are not UTF-8
 escaped).
 """
 
@@ -61,18 +61,19 @@ def shown(path: os.PathLike[str] | str) -> str:
 
 
 def confined(root: Path, folder: str) -> Path:
-    """``root/folder``, refused unless it stays inside ``root`` (after resolving links)."""
-    target = root / folder
-    if (
-        not folder
-        or Path(folder).is_absolute()
-        or not target.resolve().is_relative_to(root.resolve())
-        or target.resolve() == root.resolve()
-    ):
+    """``root/folder`` for a class name that is one plain folder name; refused otherwise.
+
+    A name with a separator, ``..``, ``.``, a drive or nothing at all could put files
+    outside the output root (or in it, outside every class): a checkpoint trained on
+    such "classes" is refused whole (:class:`UnsafeDestinationError`). Where a class folder
+    that is a symlink leads is :class:`gensift.daemon.folders.ClassFolders`' question.
+    """
+    path = Path(folder)
+    if folder in ("", ".", "..") or path.name != folder or path.anchor or "/" in folder:
         raise UnsafeDestinationError(
             f"class {folder!r} would put files outside the output root {root}; refused"
         )
-    return target
+    return root / folder
 
 
 #: how many of ``name-1`` ... ``name-N`` are tried one by one before :func:`free_name` jumps

@@ -275,7 +275,9 @@ class Journal:
         """Whether this file (same path, size and modification time) already has a decision.
 
         A file ``gensift undo`` put back counts as decided, at its original path (the row
-        it undid) or at the name it was restored under (its ``restore`` row).
+        it undid) or at the name it was restored under (its ``restore`` row); so does a
+        file gensift moved, at its destination (a scan that reached the output root by a
+        spelling the exclusions missed must not route it again).
         """
         key = (path_key(file.path), file.size, file.mtime_ns)
         row = (
@@ -286,7 +288,7 @@ class Journal:
             ).fetchone()
             or self._db.execute(
                 "SELECT 1 FROM decisions WHERE destination = ? AND size = ? AND mtime_ns = ? "
-                "AND action = 'restore' AND state = 'done' LIMIT 1",
+                "AND state = 'done' LIMIT 1",
                 key,
             ).fetchone()
         )

@@ -7,11 +7,13 @@ without a minute of importing models.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from loguru import logger
 
 from gensift.daemon.config import Settings
+from gensift.daemon.folders import ClassFolders
 from gensift.models.errors import InputError
 
 
@@ -30,11 +32,21 @@ def watched_roots(settings: Settings) -> list[Path]:
     return [path.resolve() for path in settings.watch.paths]
 
 
+def class_folders(settings: Settings, also: Iterable[tuple[Path, bool]] = ()) -> ClassFolders:
+    """The judge of symlinked class folders for ``settings``: none may lead into a watched
+    folder, or into one of ``also`` ((folder, recursive) pairs: the folders ``sort`` reads)."""
+    watched = [(path, settings.watch.recursive) for path in settings.watch.paths]
+    return ClassFolders(
+        settings.output.root, watched=[*watched, *also], excluded=exclusions(settings)
+    )
+
+
 def check_layout(settings: Settings) -> None:
-    """Refuse a watched folder inside the output root: gensift would sift its own output."""
-    root = settings.output.root.resolve()
+    """Refuse a watched folder inside the output root (whatever the spelling: by device and
+    inode where the root exists): gensift would sift its own output."""
+    root = settings.output.root
     for path, real in zip(settings.watch.paths, watched_roots(settings), strict=True):
-        if real.is_relative_to(root):
+        if _within(real, root):
             raise InputError(
                 f"watch.paths: {path} is inside output.root ({settings.output.root}); files "
                 f"gensift routes there would be watched again. Watch a folder outside the "

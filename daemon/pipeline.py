@@ -37,6 +37,7 @@ from gensift.daemon.decode import (
     formats_for,
 )
 from gensift.daemon.fileops import shown
+from gensift.daemon.folders import Excluded
 from gensift.daemon.journal import Journal
 from gensift.daemon.router import Outcome, Router
 from gensift.models.errors import InputError
@@ -103,18 +104,19 @@ def discover(
 ) -> list[Path]:
     """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``.
 
-    Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole, so a
-    file costs no system call of its own (the daemon rescans with :func:`iter_files`, the
-    same walk, unsorted).
+    Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole (known by
+    device and inode, :class:`~gensift.daemon.folders.Excluded`, so no spelling of the output
+    root is listed), so a file costs no system call of its own (the daemon rescans with
+    :func:`iter_files`, the same walk, unsorted).
     A folder that cannot be listed is skipped with a WARNING; with ``reported`` (the
     daemon's, kept across rescans) the same failure again is only a DEBUG line.
     """
-    excluded = [real_path(e) for e in exclude]
+    excluded = Excluded(exclude)
     unlisted = reported if reported is not None else Reported()
     found: set[Path] = set()
     for root in roots:
         if root.is_file():
-            if not root.is_symlink() and wanted(root, patterns) and not is_excluded(root, excluded):
+            if not root.is_symlink() and wanted(root, patterns) and not excluded.holds(root.parent):
                 found.add(root.absolute())
         elif root.is_dir():
             found.update(_files_under(root.absolute(), patterns, recursive, excluded, unlisted))
@@ -134,7 +136,7 @@ def iter_files(
     """The files :func:`discover` finds, one folder listing at a time, unsorted: for scans
     of folders too large to hold (the daemon's rescans). Roots that are not folders are
     skipped."""
-    excluded = [real_path(e) for e in exclude]
+    excluded = Excluded(exclude)
     unlisted = reported if reported is not None else Reported()
     for root in roots:
         if root.is_dir():
@@ -145,13 +147,17 @@ def _files_under(
     root: Path,
     patterns: Sequence[str],
     recursive: bool,
-    excluded: Sequence[Path],
+    excluded: Excluded,
     reported: Reported,
 ) -> Iterator[Path]:
+    """The walk: the root's own place is checked once (every folder above it), then each
+    folder by itself as the walk reaches it (one ``stat`` per folder)."""
+    if excluded.holds(root):
+        return
     folders = [root]
     while folders:
         folder = folders.pop()
-        if is_excluded(folder, excluded):
+        if folder is not root and excluded.is_one(folder):
             continue
         try:
             entries = list(os.scandir(folder))
@@ -167,20 +173,6 @@ def _files_under(
                     folders.append(Path(entry.path))
             elif entry.is_file(follow_symlinks=False) and wanted(Path(entry.name), patterns):
                 yield Path(entry.path)
-
-
-def real_path(path: Path) -> Path:
-    """``path`` with symlinks resolved (made absolute as spelled if that fails)."""
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
-
-
-def is_excluded(path: Path, excluded: Sequence[Path]) -> bool:
-    """Whether ``path`` is one of the ``excluded`` folders (real paths) or inside one."""
-    real = real_path(path)
-    return any(real.is_relative_to(e) for e in excluded)
 
 
 def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]:
@@ -294,10 +286,17 @@ class Sifter:
 
     def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
         outcome = self.router.apply(item.file, decision, checkpoints)
-        path = item.file.path
+        path, folder = item.file.path, outcome.destination
         if outcome.state == "failed":
             logger.log(self.reported.level(path, outcome.note), "{}", outcome.describe())
+        elif outcome.state == "refused":  # one error for the folder, not one per file
+            assert folder is not None
+            logger.log(self.reported.level(folder, outcome.note), "{}", outcome.note)
+            level = self.reported.level(path, outcome.note, first="INFO")
+            logger.log(level, "{}: {} refused; left in place", shown(path), decision.action)
         else:
             self.reported.forget(path)
+            if folder is not None:
+                self.reported.forget(folder.parent)  # the folder works: news if it breaks
             logger.info("{}", outcome.describe())
         return outcome

@@ -36,6 +36,7 @@ from gensift.daemon.fileops import (
     temp_path,
     transfer,
 )
+from gensift.daemon.folders import ClassFolders
 from gensift.daemon.journal import Entry, Journal
 
 
@@ -45,9 +46,11 @@ class Outcome:
 
     ``state``: done, planned (dry run), skipped (name taken, ``on_conflict = "skip"``),
     failed, stale (changed since it was read, or while it was copied to another
-    disk: left in place), or, with no decision: unsettled (still being written),
-    unreadable or gone. Stale and undecided files are seen again by the next run or
-    rescan.
+    disk: left in place), refused (its class folder is a symlink that may not be followed,
+    :class:`~gensift.daemon.folders.ClassFolders`; left in place, not journaled, and
+    ``destination`` is that folder), or, with no decision: unsettled (still being
+    written), unreadable or gone. Stale, refused and undecided files are seen again by the
+    next run or rescan.
     """
 
     file: FileInfo
@@ -75,7 +78,10 @@ class Outcome:
 
 
 class Router:
-    """Carries out decisions under ``output.root``; one thread per instance."""
+    """Carries out decisions under ``output.root``; one thread per instance.
+
+    ``folders`` judges class folders that are symlinks (by default: none is watched).
+    """
 
     def __init__(
         self,
@@ -86,8 +92,10 @@ class Router:
         dry_run: bool = False,
         force_copy: bool = False,
         guard: AbstractContextManager[object] | None = None,
+        folders: ClassFolders | None = None,
     ) -> None:
         self.output = output
+        self.folders = folders or ClassFolders(output.root)
         self.journal = journal
         self.run = run
         self.dry_run = dry_run
@@ -121,6 +129,9 @@ class Router:
         self, file: FileInfo, decision: Decision, folder: str, checkpoints: Mapping[str, str]
     ) -> Outcome:
         target_dir = confined(self.output.root, folder)
+        problem = self.folders.problem(target_dir)
+        if problem is not None:  # that class only; the file waits for the link to be fixed
+            return Outcome(file, decision, target_dir, "refused", problem, checkpoints)
         first = target_dir / file.path.name
         while True:
             dst = free_name(target_dir, first.name, self._taken)
@@ -278,7 +289,8 @@ def remove_temporaries(journal: Journal, root: Path) -> int:
     Each is a partial or redundant copy of a file that is still in its place: a copy
     is staged only after its intent row is committed, and repair settles that row
     (removing the copy) whenever it can. Only names of exactly that form are
-    touched, and no symlink is followed.
+    touched, and no symlink is followed but a class folder's that the router would
+    follow (a copy to it is staged in it: it is looked into, not below).
     """
     needed = {
         temp_path(entry.destination, str(entry.id))
@@ -286,9 +298,10 @@ def remove_temporaries(journal: Journal, root: Path) -> int:
         if entry.destination is not None
     }
     removed = 0
-    folders = [root]
+    linked = ClassFolders(root)
+    folders = [(root, True)]  # (folder, whether to go below it)
     while folders:
-        folder = folders.pop()
+        folder, below = folders.pop()
         try:
             entries = list(os.scandir(folder))
         except FileNotFoundError:
@@ -300,21 +313,27 @@ def remove_temporaries(journal: Journal, root: Path) -> int:
         for item in entries:
             path = Path(item.path)
             if item.is_dir(follow_symlinks=False):
-                folders.append(path)
-            elif (
-                item.is_file(follow_symlinks=False)
-                and TEMP_NAME.match(item.name)
-                and path not in needed
-            ):
-                try:
-                    path.unlink()
-                except OSError as exc:
-                    logger.warning("{}: cannot remove this staging copy ({})", shown(path),
-                                   exc.strerror or exc)  # fmt: skip
-                    continue
-                logger.info("removed {}, a staging copy an interrupted run left", shown(path))
-                removed += 1
+                if below:
+                    folders.append((path, True))
+            elif folder == root and item.is_symlink() and linked.problem(path) is None:
+                folders.append((path, False))
+            elif item.is_file(follow_symlinks=False):
+                removed += _remove_staged(path, needed)
     return removed
+
+
+def _remove_staged(path: Path, needed: set[Path]) -> int:
+    """Remove ``path`` if it is a staging copy no unsettled row needs; 1 if it was removed."""
+    if not TEMP_NAME.match(path.name) or path in needed:
+        return 0
+    try:
+        path.unlink()
+    except OSError as exc:
+        logger.warning("{}: cannot remove this staging copy ({})", shown(path),
+                       exc.strerror or exc)  # fmt: skip
+        return 0
+    logger.info("removed {}, a staging copy an interrupted run left", shown(path))
+    return 1
 
 
 def _settle(entry: Entry) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from gensift.daemon.config import Settings
 from gensift.daemon.fileops import shown
 from gensift.daemon.journal import Journal
+from gensift.daemon.layout import class_folders
 from gensift.daemon.lock import JournalLock
 from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
 from gensift.daemon.router import Outcome, Router, repair
@@ -55,7 +56,7 @@ class SortResult:
     already: int = 0
     seconds: float = 0.0
     repaired: int = 0
-    failed: int = 0  # operations that raised, and files that could not be read
+    failed: int = 0  # operations that raised or were refused, files that could not be read
 
 
 def run_sort(
@@ -91,6 +92,7 @@ def run_sort(
             new_run_id("dry-run" if dry_run else "sort"),
             dry_run=dry_run,
             force_copy=force_copy,
+            folders=class_folders(settings, also=[(r, recursive) for r in roots]),
         )
         sifter = Sifter(settings, cascade, router)
         started = time.perf_counter()
@@ -100,8 +102,11 @@ def run_sort(
                 for outcome in sifter.sift(todo):
                     bar.update()
                     result.counts[summary_label(outcome)] += 1
-                    result.decided += outcome.decision is not None and outcome.state != "stale"
-                    result.failed += outcome.state in ("failed", "unreadable")
+                    result.decided += outcome.decision is not None and outcome.state not in (
+                        "stale",
+                        "refused",
+                    )
+                    result.failed += outcome.state in ("failed", "unreadable", "refused")
                     write_row(outcome)
                     if dry_run:
                         print(outcome.describe(), file=out or sys.stdout)
@@ -144,6 +149,8 @@ def summary_label(outcome: Outcome) -> str:
     d = outcome.decision
     if d is None or outcome.state == "stale":  # a stale file was left as it was
         return f"not decided: {outcome.state} (tried again next run)"
+    if outcome.state == "refused" and outcome.destination is not None:
+        return f"refused: {d.action} to {shown(outcome.destination.name)}/ (see the error above)"
     if outcome.state in ("skipped", "failed"):
         return f"{outcome.state}: {d.action} ({d.reason})"
     if d.action == "move":

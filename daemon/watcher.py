@@ -49,7 +49,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from gensift.daemon.decode import Observation
-from gensift.daemon.pipeline import is_excluded, real_path, wanted
+from gensift.daemon.folders import Excluded
+from gensift.daemon.pipeline import wanted
 
 #: The events that can mean "a file appeared or changed"; the rest are not delivered.
 EVENTS: list[type[FileSystemEvent]] = [
@@ -203,14 +204,19 @@ class Arrivals:
 
 
 class Filter:
-    """Which paths the daemon considers: matching names, outside the excluded folders."""
+    """Which paths the daemon considers: matching names, outside the excluded folders (known
+    by device and inode, whatever the spelling; the answer is remembered per folder)."""
 
     def __init__(self, patterns: Sequence[str], exclude: Iterable[Path]) -> None:
         self.patterns = list(patterns)
-        self.exclude = [real_path(p) for p in exclude]
+        self.exclude = Excluded(exclude)
 
-    def excluded(self, path: Path) -> bool:
-        return is_excluded(path, self.exclude)
+    def excluded(self, folder: Path) -> bool:
+        return self.exclude.holds(folder)
+
+    def folder_changed(self) -> None:
+        """A folder was created or moved in: a path may now name another folder."""
+        self.exclude.forget()
 
     def __call__(self, path: Path) -> bool:
         return wanted(path, self.patterns) and not self.excluded(path.parent)
@@ -237,6 +243,7 @@ class EventHandler(FileSystemEventHandler):
         path = Path(_text(event.dest_path if moved else event.src_path))
         if event.is_directory:
             # A folder created or moved in may already hold files no event will announce.
+            self.accept.folder_changed()
             if not self.accept.excluded(path):
                 self.on_folder(path)
             return

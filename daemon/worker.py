@@ -45,6 +45,7 @@ from loguru import logger
 from gensift.daemon.config import Settings
 from gensift.daemon.decode import Decoded, default_workers
 from gensift.daemon.journal import Journal
+from gensift.daemon.layout import class_folders
 from gensift.daemon.pipeline import Cascade, Reported, Sifter, load_cascade
 from gensift.daemon.router import Outcome, Router
 from gensift.daemon.sort import summary_label
@@ -456,7 +457,13 @@ class Worker:
 
     def _sifter(self, journal: Journal) -> Sifter:
         assert self._cascade is not None
-        router = Router(self.settings.output, journal, self.run, guard=self._files)
+        router = Router(
+            self.settings.output,
+            journal,
+            self.run,
+            guard=self._files,
+            folders=class_folders(self.settings),
+        )
         sifter = Sifter(self.settings, self._cascade, router, reported=self._reported)
         # a file is corrupt only once it has settled by the watcher's look at it
         sifter.decoder = replace(sifter.decoder, observed=self.arrivals.observation)

@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import draw
 from PIL import Image
 
@@ -64,11 +65,17 @@ BROKEN = {"zero.png": "corrupt", "text.png": "corrupt", "truncated.png": "corrup
           "bomb.png": "corrupt", "black.png": "blank"}  # fmt: skip
 
 
-def tiny_checkpoint(folder: Path) -> Path:
+def tiny_checkpoint(folder: Path, *, favour: str | None = None) -> Path:
     """An untrained feature checkpoint (classes ``a`` and ``b``), saved in a moment: with a
-    feature threshold of 0.5 or less every image it sees is moved to one of its classes."""
+    feature threshold of 0.5 or less every image it sees is moved to one of its classes
+    (which one depends on the random weights; with ``favour``, always that one)."""
     path = folder / "tiny.safetensors"
     model = build_classifier("resnet18", 2, "none")
+    if favour is not None:  # a head that ignores the image: p(favour) = 0.9997 for all
+        head = model.get_submodule("head")
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([4.0, -4.0] if favour == "a" else [-4.0, 4.0]))
     meta = CheckpointMeta(
         stage="feature",
         arch="resnet18",

@@ -190,14 +190,15 @@ def test_confined_refuses_escapes(tmp_path: Path, folder: str) -> None:
         confined(root, folder)
 
 
-def test_confined_refuses_a_class_folder_linking_outside(tmp_path: Path) -> None:
+def test_confined_judges_the_name_only_a_linked_class_folder_is_the_routers_question(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "out"
     root.mkdir()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (root / "red").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(UnsafeDestinationError):
-        confined(root, "red")
+    assert confined(root, "red") == root / "red"
 
 
 def test_confined_accepts_a_class_name(tmp_path: Path) -> None:
@@ -413,6 +414,41 @@ def test_a_class_that_escapes_the_root_moves_nothing(
         _router(journal, out).apply(_info(src), Decision("move", "class", ".."), CHECKPOINTS)
     assert src.read_bytes() == data
     assert journal.history() == []
+
+
+def test_a_class_folder_linked_to_a_folder_of_ours_is_followed_and_restored(
+    journal: Journal, src_dir: Path, out: Path, tmp_path: Path
+) -> None:
+    src = _image(src_dir / "gen.png")
+    data = src.read_bytes()
+    big = tmp_path / "big" / "red"
+    big.mkdir(parents=True)
+    out.mkdir()
+    (out / "red").symlink_to(big, target_is_directory=True)
+    outcome = _router(journal, out).apply(_info(src), MOVE, CHECKPOINTS)
+    assert (outcome.state, outcome.destination) == ("done", out / "red" / "gen.png")
+    assert (big / "gen.png").read_bytes() == data and not src.exists()
+    [row] = journal.history()
+    assert row.destination == out / "red" / "gen.png"  # as spelled under the root
+    assert restore(journal, row, "undo-1").state == "done"
+    assert src.read_bytes() == data and not list(big.iterdir())
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_refused_class_folder_leaves_the_file_and_the_journal_alone(
+    journal: Journal, src_dir: Path, out: Path, tmp_path: Path, dry_run: bool
+) -> None:
+    src = _image(src_dir / "gen.png")
+    data = src.read_bytes()
+    out.mkdir()
+    (out / "red").symlink_to(tmp_path / "not-mounted", target_is_directory=True)
+    outcome = _router(journal, out, dry_run=dry_run).apply(_info(src), MOVE, CHECKPOINTS)
+    assert (outcome.state, outcome.destination) == ("refused", out / "red")
+    assert "does not exist" in outcome.note and str(out / "red") in outcome.note
+    assert summary_label(outcome) == "refused: move to red/ (see the error above)"
+    assert src.read_bytes() == data
+    assert journal.history() == []  # not decided: the next run or rescan tries again
+    assert not (tmp_path / "not-mounted").exists()
 
 
 @pytest.mark.parametrize("force_copy", [False, True], ids=["link", "copy"])
@@ -852,3 +888,20 @@ def test_staging_copies_are_removed_unless_an_unsettled_row_needs_them(
     assert journal.get(held).state == "abandoned"
     assert src.read_bytes() == data
     assert all(p.exists() for p in theirs)
+
+
+def test_staging_copies_in_a_linked_class_folder_are_removed_but_not_below_it(
+    journal: Journal, out: Path, tmp_path: Path
+) -> None:
+    big = tmp_path / "big" / "red"  # a class folder on another disk, say
+    (big / "deeper").mkdir(parents=True)
+    foreign = tmp_path / "nowhere"
+    out.mkdir()
+    (out / "red").symlink_to(big, target_is_directory=True)
+    (out / "gone").symlink_to(foreign, target_is_directory=True)  # refused: not followed
+    stale = temp_path(big / "gen.png", "12")
+    kept = [temp_path(big / "deeper" / "gen.png", "13"), big / "gen.png"]
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial copy")
+    assert remove_temporaries(journal, out) == 1
+    assert not stale.exists() and all(p.exists() for p in kept)
