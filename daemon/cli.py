@@ -260,8 +260,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-steps",
         type=_non_negative_int,
-        help="from scratch: at least this many optimiser steps in all, passing over small "
-        "data several times an epoch (default 1000 with --weights none, else 0)",
+        help="at least this many optimiser steps in all, passing over small data several "
+        "times an epoch (default 1000 with --weights none, 300 from pretrained weights, "
+        "0 with --freeze-backbone)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
     p.add_argument(

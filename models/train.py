@@ -4,7 +4,9 @@ Three recipes, by where the backbone's weights come from (README "Training"):
 
 * **pretrained** (``--weights imagenet|PATH`` or ``--init-from``): one epoch of
   head warm-up with the backbone frozen (its BatchNorm statistics kept), then
-  everything with AdamW, the backbone at a tenth of the head's learning rate.
+  everything with AdamW, the backbone at a tenth of the head's learning rate,
+  for at least ``min_steps`` (300) optimiser steps, so that a few dozen images
+  are not a dozen steps.
 * **scratch** (``--weights none``): one learning rate for every layer, and at
   least ``min_steps`` optimiser steps in all however few the images (each epoch
   then passes over the data several times, in smaller batches where the data is
@@ -101,6 +103,8 @@ from gensift.models.report import EpochRecord, write_report
 
 #: from scratch, a run takes at least this many optimiser steps, however few the images
 MIN_STEPS_FROM_SCRATCH = 1000
+#: fine-tuning pretrained weights needs fewer, but more than 12 epochs of 24 images make
+MIN_STEPS_PRETRAINED = 300
 #: ... and each pass over the data at least this many (in batches no smaller than 8)
 MIN_STEPS_PER_PASS, MIN_BATCH = 8, 8
 #: BatchNorm statistics are recomputed over at most this many training images
@@ -126,7 +130,7 @@ class TrainOptions:
     image_size: int = 224
     lr: float = 1e-3
     backbone_lr_scale: float | None = None  # None: 0.1 from pretrained weights, else 1
-    min_steps: int | None = None  # None: MIN_STEPS_FROM_SCRATCH from scratch, else 0
+    min_steps: int | None = None  # None: MIN_STEPS_FROM_SCRATCH / _PRETRAINED, frozen 0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
@@ -166,6 +170,11 @@ class Recipe:
             opts.warmup_epochs if opts.warmup_epochs is not None else int(regime == "pretrained")
         )
         default_patience = 10 if regime == "frozen" else 3
+        default_steps = {
+            "scratch": MIN_STEPS_FROM_SCRATCH,
+            "pretrained": MIN_STEPS_PRETRAINED,
+            "frozen": 0,
+        }
         scratch = regime == "scratch"
         return cls(
             regime=regime,
@@ -175,9 +184,7 @@ class Recipe:
             backbone_lr_scale=opts.backbone_lr_scale
             if opts.backbone_lr_scale is not None
             else (1.0 if scratch else 0.1),
-            min_steps=opts.min_steps
-            if opts.min_steps is not None
-            else (MIN_STEPS_FROM_SCRATCH if scratch else 0),
+            min_steps=opts.min_steps if opts.min_steps is not None else default_steps[regime],
             precise_bn=scratch,
         )
 
