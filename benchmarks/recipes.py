@@ -13,7 +13,7 @@ Datasets (ResNet-18, small inputs, CPU):
 - ``digits``: scikit-learn's UCI handwritten digits (real data nobody here
   wrote: 1,797 greyscale 8x8 images, ten classes), at 32 px. The held-out
   images are the digits no training set of the run uses (about 70 a class).
-- ``textures``: stripes, checks and dots in random colours (``daemon/samples.py``;
+- ``textures``: stripes, checks and dots in random colours (``daemon/demo/samples.py``;
   the classes of the failure that published chance), 64 px, 100 held out a class.
 - ``colours``: random grey shapes on a red, green or blue ground, 64 px.
 
@@ -72,7 +72,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gensift.daemon.samples import (
+from gensift.daemon.demo.samples import (
     COLOURS,
     FAILURES,
     SCENES,

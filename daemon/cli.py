@@ -24,8 +24,8 @@ from gensift.daemon.config import (
     load_config,
     render_settings,
 )
-from gensift.daemon.layout import check_training_data
 from gensift.daemon.logs import setup_logging, tqdm_sink
+from gensift.daemon.runtime.layout import check_training_data
 from gensift.models.errors import InputError, RuntimeProblem
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -523,7 +523,7 @@ def _run_config_check(args: argparse.Namespace) -> int:
 
 
 def _run_watch(args: argparse.Namespace) -> int:
-    from gensift.daemon.service import Daemon
+    from gensift.daemon.runtime.service import Daemon
 
     settings = _settings(args, warn=False)
     code = Daemon(settings, config_path=args.config).run()
@@ -537,7 +537,7 @@ def _run_watch(args: argparse.Namespace) -> int:
 
 
 def _run_sort(args: argparse.Namespace) -> int:
-    from gensift.daemon.sort import format_summary, run_sort
+    from gensift.daemon.commands.sort import format_summary, run_sort
 
     progress = not args.no_progress and sys.stderr.isatty()
     settings = _settings(args, sink=tqdm_sink() if progress else None)
@@ -556,7 +556,7 @@ def _run_sort(args: argparse.Namespace) -> int:
 
 
 def _run_undo(args: argparse.Namespace) -> int:
-    from gensift.daemon.history import format_undo, parse_duration, run_undo
+    from gensift.daemon.commands.history import format_undo, parse_duration, run_undo
 
     settings = _settings(args)
     since = parse_duration(args.since) if args.since else None
@@ -566,7 +566,7 @@ def _run_undo(args: argparse.Namespace) -> int:
 
 
 def _run_history(args: argparse.Namespace) -> int:
-    from gensift.daemon.history import show_history
+    from gensift.daemon.commands.history import show_history
 
     settings = _settings(args)
     if show_history(settings, args.limit, as_json=args.json, out=sys.stdout) == 0 and not args.json:
@@ -671,7 +671,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from gensift.daemon.versions import run_rollback, show_versions, stage_checkpoint
+    from gensift.daemon.commands.models import run_rollback, show_versions, stage_checkpoint
 
     settings = _settings(args)
     if args.models_command == "list":
@@ -684,7 +684,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from gensift.daemon.demo import DemoOptions, run_demo
+    from gensift.daemon.demo.run import DemoOptions, run_demo
 
     result = run_demo(
         DemoOptions(
@@ -704,7 +704,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_service(args: argparse.Namespace) -> int:
-    from gensift.daemon.install import run_service
+    from gensift.daemon.platforms.install import run_service
 
     return run_service(
         args.service_command,

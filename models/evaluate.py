@@ -14,11 +14,12 @@ import torch
 from loguru import logger
 from torch import nn
 
+from gensift.models.batches import eval_loader, forward_batches
 from gensift.models.calibrate import calibrated_probs, choose_threshold, operating_point
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
 from gensift.models.data import Sample, scan_folder
 from gensift.models.device import resolve_device
-from gensift.models.predictor import eval_loader, forward_batches, prepare_for_inference
+from gensift.models.predictor import prepare_for_inference
 from gensift.models.presets import EvalPreset
 from gensift.models.report import write_report
 

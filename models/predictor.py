@@ -1,11 +1,11 @@
 """Batched inference through the eval preset.
 
-This is where training's final validation pass, ``evaluate``, ``sort`` and
-``watch`` turn images into logits, so there is one forward path for all of
-them: :func:`forward` (autocast, channels_last). :class:`Predictor` is the
-cascade the runtime serves: one or two checkpoints, calibrated probabilities,
-the feature stage only on images the quality stage let through, and one
-backbone pass per image when both stages were trained with
+:func:`forward` (autocast, channels_last) is the one forward path: training's
+validation passes, ``evaluate``, ``sort`` and ``watch`` all turn images into logits
+through it (the first two by way of :mod:`gensift.models.batches`, which reads labelled
+samples). :class:`Predictor` is the cascade the runtime serves: one or two
+checkpoints, calibrated probabilities, the feature stage only on images the quality
+stage let through, and one backbone pass per image when both stages were trained with
 ``--freeze-backbone`` on the same backbone weights.
 """
 
@@ -18,12 +18,9 @@ from pathlib import Path
 import torch
 from loguru import logger
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from gensift.models.backbones import Classifier
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
-from gensift.models.data import ImageDataset, Sample
 from gensift.models.device import (
     autocast_dtype,
     precision_name,
@@ -56,49 +53,6 @@ def forward(
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         return module(images).float()
-
-
-@torch.no_grad()  # not inference_mode: cached features later feed autograd
-def forward_batches(
-    module: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    *,
-    desc: str = "",
-    show_progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``module`` in eval mode over ``loader``'s (images, labels); (outputs, labels) on CPU.
-
-    Training callers switch back with ``module.train()`` at the start of each epoch.
-    """
-    module.eval()
-    amp = autocast_dtype(device)
-    outputs, labels = [], []
-    # no tqdm object at all unless shown: even a disabled one starts tqdm's monitor thread
-    batches = tqdm(loader, desc=desc, leave=False) if show_progress else loader
-    for images, targets in batches:
-        outputs.append(forward(module, images, device, amp).cpu())
-        labels.append(targets)
-    if not outputs:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.cat(outputs), torch.cat(labels)
-
-
-def eval_loader(
-    samples: Sequence[Sample],
-    preset: EvalPreset,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-) -> DataLoader:
-    """Images in order, through the eval preset."""
-    return DataLoader(
-        ImageDataset(samples, preset, preset.image_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
 
 
 #: What an image must be turned into for a stage: (image size, normalisation).

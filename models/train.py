@@ -65,6 +65,7 @@ from gensift.models.backbones import (
     build_classifier,
     normalization_for,
 )
+from gensift.models.batches import eval_loader, forward_batches
 from gensift.models.calibrate import (
     DEFAULT_TARGET_PRECISION,
     calibrated_probs,
@@ -96,7 +97,7 @@ from gensift.models.device import autocast_dtype, precision_name, resolve_device
 from gensift.models.errors import InputError
 from gensift.models.evaluate import score_model
 from gensift.models.gate import Judged, Verdict, judge
-from gensift.models.predictor import eval_loader, forward, forward_batches
+from gensift.models.predictor import forward
 from gensift.models.presets import EvalPreset, Stage, TrainPreset
 from gensift.models.publish import candidate_for, discard_candidate, install, report_dir_for
 from gensift.models.report import EpochRecord, write_report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -137,3 +138,22 @@ def _no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+@pytest.fixture
+def models(tmp_path: Path, frozen_pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Copies of the session's frozen pair that a test may replace or break."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return (
+        Path(shutil.copy(frozen_pair[0], folder)),
+        Path(shutil.copy(frozen_pair[1], folder)),
+    )
+
+
+@pytest.fixture
+def log_lines() -> list[str]:
+    """Every message logged during the test, DEBUG and up (see ``watchkit.logged``)."""
+    lines: list[str] = []
+    logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
+    return lines

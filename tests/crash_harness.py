@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import gensift.daemon.sort  # noqa: F401 - import torch once, before forking
+import gensift.daemon.commands.sort  # noqa: F401 - import torch once, before forking
 from gensift.daemon.cli import main
 
 DEADLINE_SECONDS = 300

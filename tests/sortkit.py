@@ -16,7 +16,7 @@ import torch
 from conftest import draw
 from PIL import Image
 
-from gensift.daemon.journal import MOVING_ACTIONS, Entry, Journal
+from gensift.daemon.routing.journal import MOVING_ACTIONS, Entry, Journal
 from gensift.models.backbones import build_classifier
 from gensift.models.checkpoint import CheckpointMeta, save_checkpoint
 from gensift.models.presets import IMAGENET

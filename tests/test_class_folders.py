@@ -156,7 +156,7 @@ def test_sort_refuses_a_class_folder_link_that_leads_to_no_folder_of_its_own(
 
 
 def test_a_class_name_that_escapes_the_root_is_still_refused(tmp_path: Path) -> None:
-    from gensift.daemon.fileops import UnsafeDestinationError, confined
+    from gensift.daemon.routing.fileops import UnsafeDestinationError, confined
 
     root = tmp_path / "out"
     for name in ("..", ".", "", "a/b", "/etc", "../x", "a/../.."):

@@ -18,7 +18,7 @@ from sortkit import (
 from watchkit import daemon_thread
 
 from gensift.daemon.cli import main
-from gensift.daemon.fileops import temp_path
+from gensift.daemon.routing.fileops import temp_path
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_dataset
 from PIL import Image
 
-from gensift.daemon.samples import TEXTURES, texture, write_class_folders
+from gensift.daemon.demo.samples import TEXTURES, texture, write_class_folders
 from gensift.models.data import (
     DatasetError,
     class_name_problem,

@@ -1,4 +1,4 @@
-"""Probabilities -> decisions: the rules of daemon/decide.py as a user would see them."""
+"""Probabilities -> decisions: the rules of daemon/runtime/decide.py as a user would see them."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from typing import Literal
 
 import pytest
 
-from gensift.daemon.decide import (
-    REJECTED_DIR,
-    REVIEW_DIR,
-    Decision,
+from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR, Decision
+from gensift.daemon.runtime.decide import (
     Policy,
     check_reject_classes,
     decide,

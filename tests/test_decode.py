@@ -1,4 +1,4 @@
-"""Files -> decoded inputs: real files on disk through daemon/decode.py."""
+"""Files -> decoded inputs: real files on disk through daemon/runtime/decode.py."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import torch
 from conftest import draw
 from PIL import Image
 
-from gensift.daemon.decode import (
+from gensift.daemon.runtime.decode import (
     SUFFIX_FORMATS,
     Decoded,
     DecodePool,
     Decoder,
-    Observation,
     formats_for,
     is_blank,
 )
+from gensift.daemon.runtime.watcher import Observation
 from gensift.models.presets import IMAGENET, EvalPreset
 
 KEY = (32, IMAGENET)

@@ -9,7 +9,7 @@ import pytest
 from tqdm import tqdm
 
 from gensift.daemon.cli import main
-from gensift.daemon.demo import MARKER
+from gensift.daemon.demo.run import MARKER
 
 SMALL = ["--examples", "16", "--images", "8", "--epochs", "2", "--image-size", "32"]
 

@@ -22,15 +22,15 @@ import pytest
 from sortkit import check_ledger, decisions, fill_inbox, sha, tiny_checkpoint, write_config
 from watchkit import daemon_thread, drawn_files, wait_decided, wait_for
 
-from gensift.daemon import rescan as rescan_module
 from gensift.daemon.cli import main
 from gensift.daemon.config import OutputSettings
-from gensift.daemon.decide import Decision
-from gensift.daemon.decode import FileInfo
-from gensift.daemon.folders import Excluded
-from gensift.daemon.journal import Journal
-from gensift.daemon.pipeline import discover, undecided
-from gensift.daemon.router import Router, restore
+from gensift.daemon.routing.folders import Excluded
+from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.records import Decision, FileInfo
+from gensift.daemon.routing.recovery import restore
+from gensift.daemon.routing.router import Router
+from gensift.daemon.runtime import rescan as rescan_module
+from gensift.daemon.runtime.paths import discover, undecided
 
 
 def _sort(config: Path, *args: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from gensift.daemon.samples import TEXTURES, texture
+from gensift.daemon.demo.samples import TEXTURES, texture
 from gensift.models.groups import generation_key, group_ids, perceptual_hash
 
 A1111 = (

@@ -12,6 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: one module of every package the distribution ships (pyproject.toml lists them)
+MODULES = [
+    "gensift.daemon.cli",
+    "gensift.daemon.commands.sort",
+    "gensift.daemon.demo.samples",
+    "gensift.daemon.platforms.systemd",
+    "gensift.daemon.routing.journal",
+    "gensift.daemon.runtime.watcher",
+    "gensift.models.train",
+]
 
 
 def _source_copy(tmp_path: Path) -> Path:
@@ -70,7 +80,8 @@ def test_install_imports_namespaced_packages_and_runs_help(tmp_path: Path, edita
         [
             python,
             "-c",
-            "import gensift.daemon as d, gensift.models as m; print(d.__file__); print(m.__file__)",
+            "import importlib\n"
+            f"for name in {MODULES!r}: print(importlib.import_module(name).__file__)",
         ],
         check=True,
         capture_output=True,
@@ -78,6 +89,7 @@ def test_install_imports_namespaced_packages_and_runs_help(tmp_path: Path, edita
         cwd=elsewhere,
     ).stdout.split()
     expected_root = source if editable else venv
+    assert len(where) == len(MODULES)
     assert all(Path(p).is_relative_to(expected_root) for p in where), where
     assert not any(Path(p).is_relative_to(REPO) for p in where)
 

@@ -20,10 +20,9 @@ from watchkit import daemon_thread, wait_decided
 
 from gensift.daemon.cli import main
 from gensift.daemon.config import LogSettings
-from gensift.daemon.decide import Decision
-from gensift.daemon.decode import FileInfo
-from gensift.daemon.journal import SCHEMA_VERSION, Journal
 from gensift.daemon.logs import setup_logging
+from gensift.daemon.routing.journal import SCHEMA_VERSION, Journal
+from gensift.daemon.routing.records import Decision, FileInfo
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="Windows names are UTF-16; no bytes names there"

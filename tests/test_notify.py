@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gensift.daemon.notify import SystemdNotifier
+from gensift.daemon.runtime.notify import SystemdNotifier
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="AF_UNIX datagrams")
 

@@ -19,9 +19,10 @@ from sortkit import write_config
 from watchkit import too_deep
 
 from gensift.daemon.config import Settings, load_config
-from gensift.daemon.journal import Journal
-from gensift.daemon.pipeline import Cascade, Reported, Sifter, discover, load_cascade
-from gensift.daemon.router import Outcome, Router
+from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.router import Outcome, Router
+from gensift.daemon.runtime.paths import Reported, discover
+from gensift.daemon.runtime.sifter import Cascade, Sifter, load_cascade
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 from conftest import draw
 from PIL import Image, ImageChops
 
-from gensift.daemon.decode import is_blank
+from gensift.daemon.runtime.decode import is_blank
 from gensift.models.data import ImageDataset, Sample
 from gensift.models.presets import IMAGENET, EvalPreset, TrainPreset, open_rgb
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gensift.daemon.cli import main
-from gensift.daemon.samples import TEXTURES, texture, write_class_folders
+from gensift.daemon.demo.samples import TEXTURES, texture, write_class_folders
 from gensift.models.evaluate import evaluate
 from gensift.models.publish import candidate_for
 from gensift.models.train import Recipe, TrainOptions

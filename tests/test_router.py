@@ -22,11 +22,9 @@ import send2trash
 import send2trash.exceptions
 from conftest import draw
 
-from gensift.daemon import router as router_module
 from gensift.daemon.config import OutputSettings
-from gensift.daemon.decide import Decision
-from gensift.daemon.decode import FileInfo
-from gensift.daemon.fileops import (
+from gensift.daemon.routing import router as router_module
+from gensift.daemon.routing.fileops import (
     SourceChangedError,
     UnsafeDestinationError,
     confined,
@@ -35,15 +33,10 @@ from gensift.daemon.fileops import (
     temp_path,
     transfer,
 )
-from gensift.daemon.journal import Journal
-from gensift.daemon.router import (
-    Router,
-    remove_temporaries,
-    repair,
-    restore,
-    trash_keeps_files,
-)
-from gensift.daemon.sort import summary_label
+from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.records import Decision, FileInfo
+from gensift.daemon.routing.recovery import remove_temporaries, repair, restore
+from gensift.daemon.routing.router import Router, summary_label, trash_keeps_files
 from gensift.models.fsutil import TEMP_PREFIX
 
 RUN = "run-1"

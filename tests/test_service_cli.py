@@ -10,8 +10,8 @@ from sortkit import write_config
 
 from gensift.daemon.cli import main
 from gensift.daemon.config import load_config
-from gensift.daemon.install import run_service
-from gensift.daemon.systemd import render_unit
+from gensift.daemon.platforms.install import run_service
+from gensift.daemon.platforms.systemd import render_unit
 from gensift.models.errors import InputError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gensift.daemon.servicepaths import (
+from gensift.daemon.platforms.servicepaths import (
     account_dependent_paths,
     environment_warning,
     refuse_account_paths,

@@ -22,7 +22,7 @@ from sortkit import (
 )
 
 from gensift.daemon.cli import main
-from gensift.daemon.decide import Policy, decide
+from gensift.daemon.runtime.decide import Policy, decide
 from gensift.models.backbones import build_classifier
 from gensift.models.checkpoint import read_checkpoint, save_checkpoint
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gensift.daemon import systemd, systemd_checks
 from gensift.daemon.config import Settings, load_config
-from gensift.daemon.systemd import install, render_unit, uninstall, unit_path
-from gensift.daemon.systemd_unit import (
+from gensift.daemon.platforms import systemd, systemd_checks
+from gensift.daemon.platforms.systemd import install, render_unit, uninstall, unit_path
+from gensift.daemon.platforms.systemd_unit import (
     EXAMPLE_FILES,
     SERVICE_USER,
     UNIT_NAME,
@@ -154,7 +154,8 @@ def test_the_example_units_in_systemd_are_what_the_renderer_writes() -> None:
     for scope, name in EXAMPLE_FILES.items():
         shipped = (REPO / "systemd" / name).read_text(encoding="utf-8")
         assert shipped == render_example(scope), (
-            f"systemd/{name} is out of date: run .venv/bin/python -m gensift.daemon.systemd systemd"
+            f"systemd/{name} is out of date: run "
+            ".venv/bin/python -m gensift.daemon.platforms.systemd systemd"
         )
 
 

@@ -11,7 +11,7 @@ from conftest import draw
 from sortkit import decisions, sha, tiny_checkpoint, write_config
 
 from gensift.daemon.cli import main
-from gensift.daemon.journal import Journal
+from gensift.daemon.routing.journal import Journal
 
 
 def _drawn(path: Path, seed: int) -> Path:

@@ -30,37 +30,19 @@ from watchkit import (
     wait_for,
 )
 
-from gensift.daemon import worker as worker_module
+from gensift.daemon.commands.sort import run_sort
 from gensift.daemon.config import Settings, load_config
-from gensift.daemon.lock import JournalBusy, JournalLock
-from gensift.daemon.notify import SystemdNotifier
-from gensift.daemon.pipeline import Cascade, load_cascade
-from gensift.daemon.service import Daemon, tracking_capacity
-from gensift.daemon.sort import run_sort
+from gensift.daemon.routing.lock import JournalBusy, JournalLock
+from gensift.daemon.runtime import worker as worker_module
+from gensift.daemon.runtime.notify import SystemdNotifier
+from gensift.daemon.runtime.service import Daemon, tracking_capacity
+from gensift.daemon.runtime.sifter import Cascade, load_cascade
 from gensift.models.checkpoint import read_checkpoint
 from gensift.models.predictor import Predictor
 
 
-@pytest.fixture
-def models(tmp_path: Path, frozen_pair: tuple[Path, Path]) -> tuple[Path, Path]:
-    """Copies of the session's checkpoints that a test may replace."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    return (
-        Path(shutil.copy(frozen_pair[0], folder)),
-        Path(shutil.copy(frozen_pair[1], folder)),
-    )
-
-
 def sha_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def log_lines() -> list[str]:
-    lines: list[str] = []
-    logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
-    return lines
 
 
 def test_replacing_the_feature_checkpoint_while_files_stream_in(

@@ -8,37 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-from loguru import logger
 from sortkit import decisions, write_config
-from watchkit import daemon_thread, drawn_files, recalibrated, wait_decided, wait_for
+from watchkit import daemon_thread, drawn_files, logged, recalibrated, wait_decided, wait_for
 
 from gensift.models.checkpoint import read_checkpoint
 
 WAIT = 90.0  # bounded waits for what should happen within seconds
-
-
-@pytest.fixture
-def models(tmp_path: Path, frozen_pair: tuple[Path, Path]) -> tuple[Path, Path]:
-    """Copies of the session's checkpoints that a test may replace."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    return (
-        Path(shutil.copy(frozen_pair[0], folder)),
-        Path(shutil.copy(frozen_pair[1], folder)),
-    )
-
-
-@pytest.fixture
-def log_lines() -> list[str]:
-    lines: list[str] = []
-    logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
-    return lines
-
-
-def logged(lines: list[str], *parts: str) -> int:
-    """How many log lines hold every one of ``parts``."""
-    return sum(all(part in line for part in parts) for line in list(lines))
 
 
 def test_a_sighup_whose_checkpoint_does_not_load_applies_nothing_until_it_does(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gensift.daemon.watcher import Arrivals, EventHandler, Filter, Watcher
+from gensift.daemon.runtime.watcher import Arrivals, EventHandler, Filter, Watcher
 
 WAIT = 20.0  # seconds a test waits for something that should happen well within
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from gensift.daemon import winhost as wh
-from gensift.daemon import winservice as ws
 from gensift.daemon.config import ConfigError, Settings, load_config
-from gensift.daemon.install import readable_config
-from gensift.daemon.win32control import (
+from gensift.daemon.platforms import winhost as wh
+from gensift.daemon.platforms import winservice as ws
+from gensift.daemon.platforms.install import readable_config
+from gensift.daemon.platforms.win32control import (
     ERROR_ACCESS_DENIED,
     ERROR_FAILED_SERVICE_CONTROLLER_CONNECT,
     ERROR_SERVICE_MARKED_FOR_DELETE,
@@ -145,7 +145,7 @@ def do_install(config: Path, control: FakeControl, *, dry_run: bool = False, **k
 
 def test_modules_import_on_linux_without_pywin32_or_torch() -> None:
     probe = (
-        "import sys, gensift.daemon.winservice, gensift.daemon.winhost; "
+        "import sys, gensift.daemon.platforms.winservice, gensift.daemon.platforms.winhost; "
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'win32service', 'win32serviceutil', 'servicemanager', 'pywintypes')]; "
         "print(bad or 'clean')"
@@ -161,7 +161,7 @@ def test_command_line_quotes_paths_with_spaces_for_windows() -> None:
     argv = ws.service_command(config, PYTHON)
     line = ws.format_command_line(argv)
     assert line == (
-        r'"C:\Program Files\gensift env\Scripts\python.exe" -I -m gensift.daemon.winhost '
+        r'"C:\Program Files\gensift env\Scripts\python.exe" -I -m gensift.daemon.platforms.winhost '
         r'--config "C:\Users\Ada Lovelace\gensift\my config.toml"'
     )
     assert line.split(" ", 1)[0] == '"C:\\Program' and line.endswith(
@@ -171,7 +171,9 @@ def test_command_line_quotes_paths_with_spaces_for_windows() -> None:
 
 def test_program_is_quoted_even_without_spaces() -> None:
     line = ws.format_command_line(ws.service_command(Path(r"C:\g\c.toml"), r"C:\venv\python.exe"))
-    assert line == r'"C:\venv\python.exe" -I -m gensift.daemon.winhost --config C:\g\c.toml'
+    assert (
+        line == r'"C:\venv\python.exe" -I -m gensift.daemon.platforms.winhost --config C:\g\c.toml'
+    )
 
 
 def test_pythonw_is_swapped_for_python_and_store_python_refused() -> None:

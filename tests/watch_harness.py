@@ -27,7 +27,7 @@ from pathlib import Path
 
 from crash_harness import final_count
 
-import gensift.daemon.service  # noqa: F401 - import torch once, before forking
+import gensift.daemon.runtime.service  # noqa: F401 - import torch once, before forking
 from gensift.daemon.cli import main
 
 DEADLINE_SECONDS = 600

@@ -20,9 +20,9 @@ from crash_harness import FINAL_STATES, final_count
 from sortkit import decisions
 
 from gensift.daemon.config import load_config
-from gensift.daemon.journal import Entry
-from gensift.daemon.notify import SystemdNotifier
-from gensift.daemon.service import Daemon
+from gensift.daemon.routing.journal import Entry
+from gensift.daemon.runtime.notify import SystemdNotifier
+from gensift.daemon.runtime.service import Daemon
 from gensift.models.checkpoint import read_checkpoint, save_checkpoint
 
 WAIT = 120.0  # seconds; generous for a loaded two-core machine, never a timing assertion
@@ -155,3 +155,8 @@ class NotifySocket:
         self._stop.set()
         self._thread.join()
         self._socket.close()
+
+
+def logged(lines: list[str], *parts: str) -> int:
+    """How many log lines hold every one of ``parts``."""
+    return sum(all(part in line for part in parts) for line in list(lines))

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gensift.daemon.config import Settings
-from gensift.daemon.servicepaths import refuse_account_paths
-from gensift.daemon.systemd_unit import read_write_paths
+from gensift.daemon.platforms.servicepaths import refuse_account_paths
+from gensift.daemon.platforms.systemd_unit import read_write_paths
 from gensift.models.errors import InputError
 
 #: The dedicated user's home; ``StateDirectory=gensift`` makes it exist and writable.

@@ -66,7 +66,7 @@ def confined(root: Path, folder: str) -> Path:
     A name with a separator, ``..``, ``.``, a drive or nothing at all could put files
     outside the output root (or in it, outside every class): a checkpoint trained on
     such "classes" is refused whole (:class:`UnsafeDestinationError`). Where a class folder
-    that is a symlink leads is :class:`gensift.daemon.folders.ClassFolders`' question.
+    that is a symlink leads is :class:`gensift.daemon.routing.folders.ClassFolders`' question.
     """
     path = Path(folder)
     if folder in ("", ".", "..") or path.name != folder or path.anchor or "/" in folder:

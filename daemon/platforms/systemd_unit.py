@@ -5,7 +5,7 @@ sandbox, for a machine that generates around the clock; the user unit runs it un
 ``systemctl --user`` for a desktop user whose images live in their home. The unit text lives
 here and nowhere else: ``systemd/gensift.service`` and ``systemd/gensift-user.service`` are
 what :func:`render_unit` writes for the example paths of :func:`example_settings` (a test keeps
-them in step; ``python -m gensift.daemon.systemd systemd/`` rewrites them), and
+them in step; ``python -m gensift.daemon.platforms.systemd systemd/`` rewrites them), and
 ``systemd/README.md`` explains every directive.
 """
 

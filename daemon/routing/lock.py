@@ -1,7 +1,7 @@
 """One process at a time moves files under a journal.
 
 ``gensift watch``, ``sort`` and ``undo`` each start by settling the journal's
-unfinished operations (:func:`gensift.daemon.router.repair`). Two of them at
+unfinished operations (:func:`gensift.daemon.routing.recovery.repair`). Two of them at
 once would settle each other's operations while they are still running, and a
 file could be taken back from a destination the other process is about to
 finish. So each holds an exclusive advisory lock on ``<journal>.lock`` while it

@@ -40,6 +40,8 @@ from typing import Literal
 import torch
 from PIL import Image, ImageStat, UnidentifiedImageError
 
+from gensift.daemon.routing.records import FileInfo, FileState
+from gensift.daemon.runtime.watcher import Observation
 from gensift.models.predictor import PresetKey
 from gensift.models.presets import EvalPreset, open_rgb
 
@@ -52,17 +54,9 @@ SUFFIX_FORMATS: Mapping[str, str] = {
 #: Largest per-channel standard deviation (0..255) of an image that counts as blank.
 BLANK_STDDEV = 2.0
 
-Status = Literal["ok", "blank", "corrupt", "unsettled", "unreadable", "gone"]
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """A file as it was read: what the journal records about its content."""
-
-    path: Path
-    size: int = 0
-    mtime_ns: int = 0
-    sha256: str = ""
+Status = Literal[
+    "ok", "blank", "corrupt", FileState.UNSETTLED, FileState.UNREADABLE, FileState.GONE
+]
 
 
 @dataclass(frozen=True)
@@ -93,15 +87,6 @@ def is_blank(img: Image.Image) -> bool:
 
 
 @dataclass(frozen=True)
-class Observation:
-    """A file as gensift saw it: its size and mtime, unchanged since ``since`` (monotonic)."""
-
-    size: int
-    mtime_ns: int
-    since: float
-
-
-@dataclass(frozen=True)
 class Decoder:
     """Decode one path into a :class:`Decoded`; safe to call from several threads.
 
@@ -124,13 +109,15 @@ class Decoder:
             if first.status != "corrupt":
                 return first
             if not self._settled(path, first.file, began):
-                return Decoded(first.file, "unsettled", f"not decodable yet ({first.note})")
+                return Decoded(first.file, FileState.UNSETTLED, f"not decodable yet ({first.note})")
             second = self._attempt(path)  # a settled file gets a second read
             if second.status == "corrupt" and not _same(second.file, first.file):
-                return Decoded(second.file, "unsettled", "the file changed since it was read")
+                return Decoded(
+                    second.file, FileState.UNSETTLED, "the file changed since it was read"
+                )
             return second
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
-            return Decoded(FileInfo(path), "unreadable", f"{type(exc).__name__}: {exc}")
+            return Decoded(FileInfo(path), FileState.UNREADABLE, f"{type(exc).__name__}: {exc}")
 
     def _settled(self, path: Path, read: FileInfo, began: float) -> bool:
         """Whether ``path``, as ``read``, was seen unchanged ``settle_seconds`` apart."""
@@ -154,17 +141,21 @@ class Decoder:
         try:
             before = path.stat()
             if not stat.S_ISREG(before.st_mode):  # opening a FIFO would wait for a writer
-                return Decoded(FileInfo(path), "unreadable", "not a regular file")
+                return Decoded(FileInfo(path), FileState.UNREADABLE, "not a regular file")
             data = path.read_bytes()
             after = path.stat()
         except FileNotFoundError:
-            return Decoded(FileInfo(path), "gone", "the file disappeared before it was read")
+            return Decoded(
+                FileInfo(path), FileState.GONE, "the file disappeared before it was read"
+            )
         except OSError as exc:
-            return Decoded(FileInfo(path), "unreadable", f"cannot read: {exc.strerror or exc}")
+            return Decoded(
+                FileInfo(path), FileState.UNREADABLE, f"cannot read: {exc.strerror or exc}"
+            )
         info = FileInfo(path, len(data), after.st_mtime_ns, hashlib.sha256(data).hexdigest())
         changed = (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)
         if changed or len(data) != after.st_size:
-            return Decoded(info, "unsettled", "the file changed while it was read")
+            return Decoded(info, FileState.UNSETTLED, "the file changed while it was read")
         size = max(p.image_size for p in self.presets.values())
         try:
             img = open_rgb(io.BytesIO(data), size, self.formats)

@@ -1,7 +1,7 @@
 """The Windows service manager, behind :class:`ServiceControl`, and its pywin32 implementation.
 
 Everything else about the service (what to create, update, stop, wait for, and what to tell
-the user) is plain Python in :mod:`gensift.daemon.winservice`, tested on Linux with a fake
+the user) is plain Python in :mod:`gensift.daemon.platforms.winservice`, tested on Linux with a fake
 ``ServiceControl``. pywin32 is imported only when a :class:`Pywin32Control` method runs.
 """
 

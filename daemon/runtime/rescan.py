@@ -7,7 +7,7 @@ share takes minutes; on the service thread it would stop the loop that feeds
 settled files to the worker and vouches for the systemd watchdog ping, and
 systemd would kill a healthy daemon. So every scan after the start-up one runs
 in the :class:`Rescanner`'s thread, one at a time, listing one folder at a time
-and handing files to :class:`~gensift.daemon.watcher.Arrivals` in chunks of
+and handing files to :class:`~gensift.daemon.runtime.watcher.Arrivals` in chunks of
 :data:`CHUNK`, waking the service loop after each chunk so it feeds the worker
 while the scan goes on.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from gensift.daemon.decode import FileInfo
-from gensift.daemon.journal import Journal
-from gensift.daemon.pipeline import Reported, iter_files
-from gensift.daemon.watcher import Arrivals
+from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.records import FileInfo
+from gensift.daemon.runtime.paths import Reported, iter_files
+from gensift.daemon.runtime.watcher import Arrivals
 
 #: Files looked at between two wake-ups of the service loop.
 CHUNK = 256

@@ -48,9 +48,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from gensift.daemon.decode import Observation
-from gensift.daemon.folders import Excluded
-from gensift.daemon.pipeline import wanted
+from gensift.daemon.routing.folders import Excluded
+from gensift.daemon.runtime.paths import wanted
 
 #: The events that can mean "a file appeared or changed"; the rest are not delivered.
 EVENTS: list[type[FileSystemEvent]] = [
@@ -63,6 +62,15 @@ EVENTS: list[type[FileSystemEvent]] = [
 ]
 #: Seconds between restarts of an observer that keeps failing (doubling up to the last).
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A file as gensift saw it: its size and mtime, unchanged since ``since`` (monotonic)."""
+
+    size: int
+    mtime_ns: int
+    since: float
 
 
 @dataclass

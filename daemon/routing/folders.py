@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from gensift.daemon.fileops import shown
+from gensift.daemon.routing.fileops import shown
 
 #: A folder's identity: (device, inode).
 FolderId = tuple[int, int]

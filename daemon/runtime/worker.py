@@ -5,7 +5,7 @@ records decisions. It takes settled paths from a bounded inbox in micro-batches
 (up to ``batch_size``, waiting at most ``max_wait_ms`` after the first), has a
 pool of decoder threads read and resize them, and while one batch runs through
 the cascade the next one is already decoding. Decisions and file operations are
-the :class:`~gensift.daemon.pipeline.Sifter`'s, exactly as ``gensift sort``
+the :class:`~gensift.daemon.runtime.sifter.Sifter`'s, exactly as ``gensift sort``
 makes them.
 
 Between batches, and only there, it swaps in a cascade the service loaded in
@@ -43,13 +43,14 @@ import torch
 from loguru import logger
 
 from gensift.daemon.config import Settings
-from gensift.daemon.decode import Decoded, default_workers
-from gensift.daemon.journal import Journal
-from gensift.daemon.layout import class_folders
-from gensift.daemon.pipeline import Cascade, Reported, Sifter, load_cascade
-from gensift.daemon.router import Outcome, Router
-from gensift.daemon.sort import summary_label
-from gensift.daemon.watcher import Arrivals
+from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.records import FileState
+from gensift.daemon.routing.router import Outcome, Router, summary_label
+from gensift.daemon.runtime.decode import Decoded, default_workers
+from gensift.daemon.runtime.layout import class_folders
+from gensift.daemon.runtime.paths import Reported
+from gensift.daemon.runtime.sifter import Cascade, Sifter, load_cascade
+from gensift.daemon.runtime.watcher import Arrivals
 from gensift.models.device import resolve_device
 from gensift.models.errors import InputError, RuntimeProblem
 
@@ -62,7 +63,7 @@ FILE_OPERATION_SECONDS = 1.5
 #: Put in the inbox to wake a worker that waits for work (to stop).
 _WAKE = Path()
 #: Outcomes after which the worker tries a file again once it has settled.
-RETRY_STATES = frozenset({"unsettled", "stale"})
+RETRY_STATES = frozenset({FileState.UNSETTLED, FileState.STALE})
 #: Out of memory: the pause before a batch is tried again in halves (seconds).
 OOM_RETRY_SECONDS = 0.5
 #: Out of memory with one image, ``oom_fallback = "wait"``: pauses for each failure in a row.

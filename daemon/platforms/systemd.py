@@ -1,10 +1,10 @@
 """``gensift service install|uninstall|start|stop`` on Linux: the systemd unit, installed.
 
-The unit text is :mod:`gensift.daemon.systemd_unit`'s; a system install is checked first by
-:mod:`gensift.daemon.systemd_checks`. Everything with a side effect outside the unit file
-(creating the user and folders, ``systemctl``) goes through one ``runner`` callable, so
-``--dry-run`` prints exactly the commands a real install runs, and tests record them instead
-of running them.
+The unit text is :mod:`gensift.daemon.platforms.systemd_unit`'s; a system install is
+checked first by :mod:`gensift.daemon.platforms.systemd_checks`. Everything with a side
+effect outside the unit file (creating the user and folders, ``systemctl``) goes through
+one ``runner`` callable, so ``--dry-run`` prints exactly the commands a real install runs,
+and tests record them instead of running them.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from gensift.daemon.config import Settings
-from gensift.daemon.servicepaths import account_dependent_paths, environment_warning
-from gensift.daemon.systemd_checks import (
+from gensift.daemon.platforms.servicepaths import account_dependent_paths, environment_warning
+from gensift.daemon.platforms.systemd_checks import (
     GPU_GROUPS,
     SERVICE_HOME,
     check_system_install,
     existing_gids,
 )
-from gensift.daemon.systemd_unit import (
+from gensift.daemon.platforms.systemd_unit import (
     SERVICE_USER,
     UNIT_NAME,
     Scope,
@@ -280,6 +280,6 @@ def control(
     runner(command)
 
 
-if __name__ == "__main__":  # python -m gensift.daemon.systemd systemd/
+if __name__ == "__main__":  # python -m gensift.daemon.platforms.systemd systemd/
     for written in write_examples(Path(sys.argv[1] if len(sys.argv) > 1 else "systemd")):
         print(f"wrote {written}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from loguru import logger
 
 from gensift.daemon.config import Settings
-from gensift.daemon.folders import ClassFolders
+from gensift.daemon.routing.folders import ClassFolders
 from gensift.models.errors import InputError
 
 

@@ -1,8 +1,9 @@
 """``gensift service install|uninstall|start|stop|status`` on Windows.
 
 What to register, create, update, stop and wait for, and what to tell the user. The service
-manager sits behind :class:`ServiceControl` (:mod:`gensift.daemon.win32control`), so this is
-tested on Linux with a fake; the service process is :mod:`gensift.daemon.winhost`.
+manager sits behind :class:`ServiceControl`
+(:mod:`gensift.daemon.platforms.win32control`), so this is tested on Linux with a fake; the
+service process is :mod:`gensift.daemon.platforms.winhost`.
 
 The service runs as LocalSystem: it can read and write the user's folders, but ``~``, the
 user's environment variables, mapped drive letters and the Recycle Bin are per-account, so
@@ -22,8 +23,8 @@ from pathlib import Path, PureWindowsPath
 from typing import TextIO
 
 from gensift.daemon.config import LogSettings, Settings
-from gensift.daemon.servicepaths import environment_warning, refuse_account_paths
-from gensift.daemon.win32control import (
+from gensift.daemon.platforms.servicepaths import environment_warning, refuse_account_paths
+from gensift.daemon.platforms.win32control import (
     ERROR_ACCESS_DENIED,
     ERROR_SERVICE_ALREADY_RUNNING,
     ERROR_SERVICE_MARKED_FOR_DELETE,
@@ -44,7 +45,7 @@ DESCRIPTION = (
     "quality -> feature classifier cascade (gensift watch)."
 )
 #: The module the registered command line runs: the service process.
-SERVICE_MODULE = "gensift.daemon.winhost"
+SERVICE_MODULE = "gensift.daemon.platforms.winhost"
 ACCOUNT = "LocalSystem"
 #: Delayed automatic start: after boot has settled, when network shares and the GPU driver are up.
 DEFAULT_START: StartType = "delayed"

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TextIO
 
 from gensift.daemon.config import Settings
-from gensift.daemon.fileops import shown
-from gensift.daemon.journal import Entry, Journal
-from gensift.daemon.lock import JournalLock
-from gensift.daemon.router import Outcome, repair, restore
-from gensift.daemon.sort import WATCH_RUN, new_run_id
+from gensift.daemon.routing.fileops import shown
+from gensift.daemon.routing.journal import WATCH_RUN, Entry, Journal, new_run_id
+from gensift.daemon.routing.lock import JournalLock
+from gensift.daemon.routing.records import FileState
+from gensift.daemon.routing.recovery import repair, restore
+from gensift.daemon.routing.router import Outcome
 from gensift.models.errors import InputError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -46,7 +47,9 @@ class UndoResult:
     @property
     def not_restored(self) -> list[tuple[Entry, Outcome]]:
         """The moves that were not (or, in a dry run, would not be) put back."""
-        return [(e, o) for e, o in self.outcomes if o.state not in ("done", "planned")]
+        return [
+            (e, o) for e, o in self.outcomes if o.state not in (FileState.DONE, FileState.PLANNED)
+        ]
 
 
 def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = False) -> UndoResult:
@@ -96,7 +99,7 @@ def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:
         assert entry.destination is not None and outcome.destination is not None
         move = f"{shown(entry.destination)} -> {shown(outcome.destination)}"
         note = f" ({outcome.note})" if outcome.note else ""
-        if outcome.state in ("done", "planned"):
+        if outcome.state in (FileState.DONE, FileState.PLANNED):
             print(f"{verb} {move}{note}", file=out)
         else:
             print(f"not restored: {move}{note}", file=out)

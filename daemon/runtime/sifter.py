@@ -1,15 +1,13 @@
 """Paths -> decisions -> file operations: the one pipeline ``sort`` and ``watch`` share.
 
 :func:`load_cascade` turns the config into a :class:`~gensift.models.predictor.Predictor`
-and a :class:`~gensift.daemon.decide.Policy`. :class:`Sifter` decodes files
+and a :class:`~gensift.daemon.runtime.decide.Policy`. :class:`Sifter` decodes files
 in a bounded thread pool, culls corrupt and blank files by rule, batches the
 rest through the cascade, decides, and hands each decision to the router.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,8 +17,10 @@ import torch
 from loguru import logger
 
 from gensift.daemon.config import Settings
-from gensift.daemon.decide import (
-    Decision,
+from gensift.daemon.routing.fileops import shown
+from gensift.daemon.routing.records import Decision, FileState
+from gensift.daemon.routing.router import Outcome, Router
+from gensift.daemon.runtime.decide import (
     Policy,
     check_reject_classes,
     decide,
@@ -28,20 +28,9 @@ from gensift.daemon.decide import (
     rule_decision,
     stage_threshold,
 )
-from gensift.daemon.decode import (
-    Decoded,
-    DecodePool,
-    Decoder,
-    FileInfo,
-    default_workers,
-    formats_for,
-)
-from gensift.daemon.fileops import shown
-from gensift.daemon.folders import Excluded
-from gensift.daemon.journal import Journal
-from gensift.daemon.router import Outcome, Router
+from gensift.daemon.runtime.decode import Decoded, DecodePool, Decoder, default_workers, formats_for
+from gensift.daemon.runtime.paths import Reported
 from gensift.models.errors import InputError
-from gensift.models.fsutil import TEMP_PREFIX
 from gensift.models.predictor import Predictor
 from gensift.models.presets import STAGES, Stage
 
@@ -84,138 +73,6 @@ def load_cascade(settings: Settings) -> Cascade:
         else stage_threshold("feature", settings.stages.feature.threshold, feature.meta),
     )
     return Cascade(predictor, policy)
-
-
-def wanted(path: Path, patterns: Sequence[str]) -> bool:
-    """Whether a file name matches the watch patterns (case-insensitive) and is not ours."""
-    name = path.name.lower()
-    if name.startswith(TEMP_PREFIX):
-        return False
-    return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in patterns)
-
-
-def discover(
-    roots: Iterable[Path],
-    patterns: Sequence[str],
-    *,
-    recursive: bool,
-    exclude: Sequence[Path],
-    reported: Reported | None = None,
-) -> list[Path]:
-    """Image files under ``roots`` (sorted), skipping symlinks and anything under ``exclude``.
-
-    Folders are listed with ``os.scandir`` and excluded subtrees pruned as a whole (known by
-    device and inode, :class:`~gensift.daemon.folders.Excluded`, so no spelling of the output
-    root is listed), so a file costs no system call of its own (the daemon rescans with
-    :func:`iter_files`, the same walk, unsorted).
-    A folder that cannot be listed is skipped with a WARNING; with ``reported`` (the
-    daemon's, kept across rescans) the same failure again is only a DEBUG line.
-    """
-    excluded = Excluded(exclude)
-    unlisted = reported if reported is not None else Reported()
-    found: set[Path] = set()
-    for root in roots:
-        if root.is_file():
-            if not root.is_symlink() and wanted(root, patterns) and not excluded.holds(root.parent):
-                found.add(root.absolute())
-        elif root.is_dir():
-            found.update(_files_under(root.absolute(), patterns, recursive, excluded, unlisted))
-        else:
-            raise InputError(f"{root}: no such file or folder")
-    return sorted(found)
-
-
-def iter_files(
-    roots: Iterable[Path],
-    patterns: Sequence[str],
-    *,
-    recursive: bool,
-    exclude: Sequence[Path],
-    reported: Reported | None = None,
-) -> Iterator[Path]:
-    """The files :func:`discover` finds, one folder listing at a time, unsorted: for scans
-    of folders too large to hold (the daemon's rescans). Roots that are not folders are
-    skipped."""
-    excluded = Excluded(exclude)
-    unlisted = reported if reported is not None else Reported()
-    for root in roots:
-        if root.is_dir():
-            yield from _files_under(root.absolute(), patterns, recursive, excluded, unlisted)
-
-
-def _files_under(
-    root: Path,
-    patterns: Sequence[str],
-    recursive: bool,
-    excluded: Excluded,
-    reported: Reported,
-) -> Iterator[Path]:
-    """The walk: the root's own place is checked once (every folder above it), then each
-    folder by itself as the walk reaches it (one ``stat`` per folder)."""
-    if excluded.holds(root):
-        return
-    folders = [root]
-    while folders:
-        folder = folders.pop()
-        if folder is not root and excluded.is_one(folder):
-            continue
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            note = f"cannot list this folder ({exc.strerror or exc})"
-            level = reported.level(folder, note, first="WARNING")
-            logger.log(level, "{}: {}; skipped", shown(folder), note)
-            continue
-        reported.forget(folder)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if recursive:
-                    folders.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False) and wanted(Path(entry.name), patterns):
-                yield Path(entry.path)
-
-
-def undecided(paths: Iterable[Path], journal: Journal) -> tuple[list[Path], int]:
-    """The paths with no decision yet (same path, size and mtime), and how many were skipped."""
-    todo, skipped = [], 0
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if journal.decided(FileInfo(path, st.st_size, st.st_mtime_ns)):
-            skipped += 1
-        else:
-            todo.append(path)
-    return todo, skipped
-
-
-class Reported:
-    """The problems already logged, by path.
-
-    A file the daemon cannot read (or cannot move), or a folder it cannot list, is tried
-    again at every rescan; the first failure is logged at its level (ERROR for a file,
-    WARNING for a folder), the same failure again only at DEBUG, so one that stays for
-    weeks does not fill the log. A different failure, or the same one after the file was
-    decided or the folder listed, is logged in full again. Past ``limit`` paths it starts
-    over.
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
-        self._notes: dict[Path, str] = {}
-
-    def level(self, path: Path, note: str, first: str = "ERROR") -> str:
-        """The log level for ``note`` about ``path``: ``first`` the first time, then DEBUG."""
-        if self._notes.get(path) == note:
-            return "DEBUG"
-        if len(self._notes) >= self.limit:
-            self._notes.clear()
-        self._notes[path] = note
-        return first
-
-    def forget(self, path: Path) -> None:
-        self._notes.pop(path, None)
 
 
 class Sifter:
@@ -265,7 +122,9 @@ class Sifter:
             decision = rule_decision(self.cascade.policy, item.status, item.note)  # type: ignore[arg-type]
             return self._route(item, decision, {})
         path = item.file.path
-        level = self.reported.level(path, item.note) if item.status == "unreadable" else "INFO"
+        level = (
+            self.reported.level(path, item.note) if item.status == FileState.UNREADABLE else "INFO"
+        )
         logger.log(level, "{}: {}; left for later", shown(path), item.note)
         return Outcome(item.file, None, None, item.status, item.note)
 
@@ -287,9 +146,9 @@ class Sifter:
     def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
         outcome = self.router.apply(item.file, decision, checkpoints)
         path, folder = item.file.path, outcome.destination
-        if outcome.state == "failed":
+        if outcome.state == FileState.FAILED:
             logger.log(self.reported.level(path, outcome.note), "{}", outcome.describe())
-        elif outcome.state == "refused":  # one error for the folder, not one per file
+        elif outcome.state == FileState.REFUSED:  # one error for the folder, not one per file
             assert folder is not None
             logger.log(self.reported.level(folder, outcome.note), "{}", outcome.note)
             level = self.reported.level(path, outcome.note, first="INFO")

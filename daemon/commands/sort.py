@@ -6,12 +6,10 @@ import csv
 import json
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -19,12 +17,15 @@ from loguru import logger
 from tqdm import tqdm
 
 from gensift.daemon.config import Settings
-from gensift.daemon.fileops import shown
-from gensift.daemon.journal import Journal
-from gensift.daemon.layout import class_folders
-from gensift.daemon.lock import JournalLock
-from gensift.daemon.pipeline import Sifter, discover, load_cascade, undecided
-from gensift.daemon.router import Outcome, Router, repair
+from gensift.daemon.routing.fileops import shown
+from gensift.daemon.routing.journal import Journal, new_run_id
+from gensift.daemon.routing.lock import JournalLock
+from gensift.daemon.routing.records import FileState
+from gensift.daemon.routing.recovery import repair
+from gensift.daemon.routing.router import Outcome, Router, summary_label
+from gensift.daemon.runtime.layout import class_folders
+from gensift.daemon.runtime.paths import discover, undecided
+from gensift.daemon.runtime.sifter import Sifter, load_cascade
 
 PLAN_COLUMNS = (
     "source",
@@ -41,14 +42,6 @@ PLAN_COLUMNS = (
 
 
 #: The run-id prefix of ``gensift watch``: one run per daemon start.
-WATCH_RUN = "watch"
-
-
-def new_run_id(kind: str) -> str:
-    """A readable id for one invocation; journal rows carry it so undo can reverse one run."""
-    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
 @dataclass
 class SortResult:
     counts: Counter[str] = field(default_factory=Counter)
@@ -103,10 +96,14 @@ def run_sort(
                     bar.update()
                     result.counts[summary_label(outcome)] += 1
                     result.decided += outcome.decision is not None and outcome.state not in (
-                        "stale",
-                        "refused",
+                        FileState.STALE,
+                        FileState.REFUSED,
                     )
-                    result.failed += outcome.state in ("failed", "unreadable", "refused")
+                    result.failed += outcome.state in (
+                        FileState.FAILED,
+                        FileState.UNREADABLE,
+                        FileState.REFUSED,
+                    )
                     write_row(outcome)
                     if dry_run:
                         print(outcome.describe(), file=out or sys.stdout)
@@ -142,22 +139,6 @@ def plan_row(outcome: Outcome) -> list[str]:
         json.dumps(probs["quality"]) if "quality" in probs else "",
         json.dumps(probs["feature"]) if "feature" in probs else "",
     ]
-
-
-def summary_label(outcome: Outcome) -> str:
-    """The line of the closing summary an outcome counts towards."""
-    d = outcome.decision
-    if d is None or outcome.state == "stale":  # a stale file was left as it was
-        return f"not decided: {outcome.state} (tried again next run)"
-    if outcome.state == "refused" and outcome.destination is not None:
-        return f"refused: {d.action} to {shown(outcome.destination.name)}/ (see the error above)"
-    if outcome.state in ("skipped", "failed"):
-        return f"{outcome.state}: {d.action} ({d.reason})"
-    if d.action == "move":
-        return f"move to {d.label}/"
-    if d.action == "leave":
-        return f"leave in place ({d.reason})"
-    return f"{d.action} ({d.reason})"
 
 
 def format_summary(result: SortResult, *, dry_run: bool) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from gensift.daemon.config import ConfigError, Settings, load_config, resolve_config_path
-from gensift.daemon.layout import check_layout
+from gensift.daemon.runtime.layout import check_layout
 from gensift.models.errors import InputError
 
 Action = Literal["install", "uninstall", "start", "stop"]
@@ -82,7 +82,7 @@ def run_service(
 
 
 def _systemd(action: Action, scope: Scope, config: Path | None, dry_run: bool, out: TextIO) -> None:
-    from gensift.daemon import systemd
+    from gensift.daemon.platforms import systemd
 
     if action == "install":
         path, settings = checked_config(config, for_install=True)
@@ -94,7 +94,7 @@ def _systemd(action: Action, scope: Scope, config: Path | None, dry_run: bool, o
 
 
 def _windows(action: Action, config: Path | None, dry_run: bool, out: TextIO) -> int:
-    from gensift.daemon import winservice
+    from gensift.daemon.platforms import winservice
 
     if action == "install":
         path, settings = checked_config(config, for_install=True)

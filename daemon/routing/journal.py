@@ -5,7 +5,7 @@ and ends ``done``, ``skipped`` (``on_conflict = "skip"`` found the name taken),
 ``failed`` (the operation raised; the file was not touched), ``abandoned``
 (interrupted before anything moved, or repaired back; the file will be decided
 again) or ``undone`` (``gensift undo`` moved it back). ``gensift undo`` writes
-its own ``restore`` rows. :func:`gensift.daemon.router.repair` settles the
+its own ``restore`` rows. :func:`gensift.daemon.routing.recovery.repair` settles the
 ``intent`` rows a crash left behind.
 
 WAL mode with ``synchronous = FULL``: a commit is on disk before the file
@@ -25,15 +25,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gensift.daemon.decide import Decision
-from gensift.daemon.decode import FileInfo
-from gensift.daemon.fileops import shown
+from gensift.daemon.routing.fileops import shown
+from gensift.daemon.routing.records import DECIDED_STATES, Decision, FileInfo, FileState
 from gensift.models.errors import RuntimeProblem
 
 SCHEMA_VERSION = 2
@@ -61,10 +61,17 @@ CREATE INDEX IF NOT EXISTS decisions_source ON decisions(source);
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
 CREATE INDEX IF NOT EXISTS decisions_destination ON decisions(destination);
 """
-#: States in which a file counts as decided and is not processed again.
-DECIDED_STATES = ("done", "skipped", "undone")
 #: Actions that put a file somewhere under the output root, which undo can reverse.
 MOVING_ACTIONS = ("move", "quarantine", "review")
+
+
+#: the run id of every ``gensift watch`` decision
+WATCH_RUN = "watch"
+
+
+def new_run_id(kind: str) -> str:
+    """A readable id for one invocation; journal rows carry it so undo can reverse one run."""
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 class JournalError(RuntimeProblem):
@@ -89,7 +96,7 @@ class Entry:
     size: int
     mtime_ns: int
     sha256: str
-    state: str
+    state: FileState
     note: str
     undoes: int | None
 
@@ -153,7 +160,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         size=row["size"],
         mtime_ns=row["mtime_ns"],
         sha256=row["sha256"],
-        state=row["state"],
+        state=FileState(row["state"]),
         note=row["note"],
         undoes=row["undoes"],
     )
@@ -221,7 +228,7 @@ class Journal:
         checkpoints: Mapping[str, str],
         *,
         action: str | None = None,
-        state: str = "intent",
+        state: FileState = FileState.INTENT,
         undoes: int | None = None,
     ) -> int:
         """Record a decision (by default as an intent, before its file operation); its id."""
@@ -251,7 +258,7 @@ class Journal:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def finish(self, entry_id: int, state: str, note: str | None = None) -> None:
+    def finish(self, entry_id: int, state: FileState, note: str | None = None) -> None:
         """Move a row to its final state (after its file operation)."""
         with self._db:
             self._db.execute("BEGIN")
@@ -262,9 +269,9 @@ class Journal:
                     "UPDATE decisions SET state = ?, note = ? WHERE id = ?",
                     (state, _text(note), entry_id),
                 )
-            if state == "done":
+            if state == FileState.DONE:
                 self._db.execute(
-                    "UPDATE decisions SET state = 'undone' WHERE id = "
+                    f"UPDATE decisions SET state = '{FileState.UNDONE}' WHERE id = "
                     "(SELECT undoes FROM decisions WHERE id = ?)",
                     (entry_id,),
                 )
@@ -283,12 +290,13 @@ class Journal:
         row = (
             self._db.execute(
                 "SELECT 1 FROM decisions WHERE source = ? AND size = ? AND mtime_ns = ? "
-                f"AND action != 'restore' AND state IN {DECIDED_STATES} LIMIT 1",
-                key,
+                f"AND action != 'restore' AND state IN ({', '.join('?' * len(DECIDED_STATES))}) "
+                "LIMIT 1",
+                (*key, *DECIDED_STATES),
             ).fetchone()
             or self._db.execute(
                 "SELECT 1 FROM decisions WHERE destination = ? AND size = ? AND mtime_ns = ? "
-                "AND state = 'done' LIMIT 1",
+                f"AND state = '{FileState.DONE}' LIMIT 1",
                 key,
             ).fetchone()
         )
@@ -296,7 +304,9 @@ class Journal:
 
     def pending(self) -> list[Entry]:
         """Rows whose file operation was started but never finished (a crash)."""
-        rows = self._db.execute("SELECT * FROM decisions WHERE state = 'intent' ORDER BY id")
+        rows = self._db.execute(
+            "SELECT * FROM decisions WHERE state = ? ORDER BY id", (FileState.INTENT,)
+        )
         return [_entry(r) for r in rows]
 
     def get(self, entry_id: int) -> Entry:
@@ -318,7 +328,8 @@ class Journal:
     def last_run(self) -> str | None:
         """The run that most recently moved a file under the output root."""
         row = self._db.execute(
-            f"SELECT run FROM decisions WHERE action IN {MOVING_ACTIONS} AND state = 'done' "
+            f"SELECT run FROM decisions WHERE action IN {MOVING_ACTIONS} "
+            f"AND state = '{FileState.DONE}' "
             "ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return None if row is None else row[0]
@@ -335,7 +346,7 @@ class Journal:
         With the default actions these are the moves undo may reverse.
         """
         marks = ", ".join("?" * len(actions))
-        query = f"SELECT * FROM decisions WHERE action IN ({marks}) AND state = 'done'"
+        query = f"SELECT * FROM decisions WHERE action IN ({marks}) AND state = '{FileState.DONE}'"
         params: list[str] = list(actions)
         if since is not None:
             query += " AND time >= ?"

@@ -1,6 +1,6 @@
 """``gensift demo``: the whole loop on a fresh machine, with nothing downloaded.
 
-1. draw example training sets (:mod:`gensift.daemon.samples`);
+1. draw example training sets (:mod:`gensift.daemon.demo.samples`);
 2. train both stages from scratch (``--weights none``, small images, the CPU is enough);
 3. write a config and start the daemon (``gensift watch``) on a "generator output" folder;
 4. a simulated generator writes images there, some the way the Stable Diffusion WebUI
@@ -29,13 +29,14 @@ import numpy as np
 from PIL import Image
 
 from gensift.daemon.config import Settings, load_config
-from gensift.daemon.journal import DECIDED_STATES, Entry, Journal
+from gensift.daemon.demo.samples import FAILURES, SCENES, draw, write_training_sets
 from gensift.daemon.logs import setup_logging
-from gensift.daemon.samples import FAILURES, SCENES, draw, write_training_sets
+from gensift.daemon.routing.journal import Entry, Journal
+from gensift.daemon.routing.records import DECIDED_STATES
 from gensift.models.errors import InputError, RuntimeProblem
 
 if TYPE_CHECKING:
-    from gensift.daemon.service import Daemon
+    from gensift.daemon.runtime.service import Daemon
 
 #: a file in the demo folder that says it is one (so a second run may clear it)
 MARKER = ".gensift-demo"
@@ -91,7 +92,7 @@ class DemoResult:
 
 
 def run_demo(opts: DemoOptions, out: TextIO) -> DemoResult:
-    from gensift.daemon.service import Daemon
+    from gensift.daemon.runtime.service import Daemon
 
     folder = _prepare(opts.folder)
     say = _Printer(out)

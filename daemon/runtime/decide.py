@@ -19,20 +19,16 @@ threshold is ever deleted, moved or trashed: it gets the uncertain action.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 
-from gensift.models.checkpoint import CheckpointMeta
+from gensift.daemon.routing.records import Decision
 from gensift.models.errors import InputError
 
-Reason = Literal["class", "reject", "uncertain", "corrupt", "blank", "keep"]
-Action = Literal["move", "quarantine", "trash", "delete", "review", "leave"]
-
-#: Folders under the output root that gensift owns (class names cannot start with "_").
-REJECTED_DIR = "_rejected"
-REVIEW_DIR = "_review"
+if TYPE_CHECKING:  # the checkpoint reader imports torch; deciding needs none
+    from gensift.models.checkpoint import CheckpointMeta
 
 
 @dataclass(frozen=True)
@@ -44,29 +40,6 @@ class Policy:
     reject_classes: frozenset[str] = frozenset({"reject"})
     quality_threshold: float | None = None
     feature_threshold: float | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one file and why; ``label`` is the class (or reject class) that decided."""
-
-    action: Action
-    reason: Reason
-    label: str | None = None
-    probability: float | None = None
-    probabilities: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    note: str = ""
-
-    @property
-    def folder(self) -> str | None:
-        """The folder under the output root this decision sends the file to, if any."""
-        if self.action == "move":
-            return self.label
-        if self.action == "quarantine":
-            return REJECTED_DIR
-        if self.action == "review":
-            return REVIEW_DIR
-        return None
 
 
 def stage_threshold(stage: str, configured: float | str, meta: CheckpointMeta) -> float | None:
