@@ -24,12 +24,12 @@ from collections.abc import Sequence
 import imagehash
 from PIL import Image
 
+from gensift.models.genparams import raw_parameters, split_a1111
+
 #: perceptual hashes at most this many bits apart are the same picture
 NEAR_DUPLICATE_BITS = 4
 _HASH_BITS = 64
 _SEED = re.compile(r"(?:^|,\s*)Seed:\s*(-?\d+)")
-_EXIF_IFD = 0x8769
-_USER_COMMENT = 0x9286
 
 
 def perceptual_hash(img: Image.Image) -> int:
@@ -39,13 +39,11 @@ def perceptual_hash(img: Image.Image) -> int:
 
 def generation_key(img: Image.Image) -> str | None:
     """A key equal for images of one generation, from the parameters the generator wrote."""
-    info = getattr(img, "text", None) or img.info
-    if isinstance(info.get("parameters"), str):
-        return _a1111_key(info["parameters"])
-    if isinstance(info.get("prompt"), str):
-        return _comfyui_key(info["prompt"])
-    comment = _exif_user_comment(img)
-    return _a1111_key(comment) if comment else None
+    raw = raw_parameters(img)
+    if raw is None:
+        return None
+    kind, text = raw
+    return _a1111_key(text) if kind == "a1111" else _comfyui_key(text)
 
 
 def _digest(*parts: str) -> str:
@@ -54,15 +52,11 @@ def _digest(*parts: str) -> str:
 
 def _a1111_key(text: str) -> str | None:
     """``<prompt>\\nNegative prompt: <neg>\\nSteps: 20, ..., Seed: 42, ...`` -> prompts and seed."""
-    lines = text.strip().splitlines()
-    if not lines:
-        return None
-    settings = lines[-1] if lines[-1].startswith("Steps:") or "Seed:" in lines[-1] else ""
-    prompts = "\n".join(lines[:-1] if settings else lines).strip()
+    prompt, negative, settings = split_a1111(text)
     seed = _SEED.search(settings)
-    if not prompts and seed is None:
+    if not (prompt or negative) and seed is None:
         return None
-    return "a1111:" + _digest(prompts, seed.group(1) if seed else "")
+    return "a1111:" + _digest(prompt, negative, seed.group(1) if seed else "")
 
 
 def _comfyui_key(text: str) -> str | None:
@@ -73,26 +67,6 @@ def _comfyui_key(text: str) -> str | None:
     if not isinstance(graph, dict) or not graph:
         return None
     return "comfyui:" + _digest(json.dumps(graph, sort_keys=True, separators=(",", ":")))
-
-
-def _exif_user_comment(img: Image.Image) -> str | None:
-    """The EXIF UserComment, where A1111 writes the parameters of a JPEG or WebP."""
-    try:
-        raw = img.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    except Exception:  # noqa: BLE001 - damaged EXIF is only a missing key
-        return None
-    if isinstance(raw, str):
-        return raw.strip("\0 ") or None
-    if not isinstance(raw, bytes) or len(raw) <= 8:
-        return None
-    prefix, body = raw[:8], raw[8:]
-    if prefix.startswith(b"UNICODE"):
-        # piexif (A1111) writes UTF-16 big-endian; some tools write little-endian
-        encoding = "utf-16-be" if body[:1] == b"\0" else "utf-16-le"
-        text = body.decode(encoding, errors="replace")
-    else:
-        text = body.decode("utf-8", errors="replace")
-    return text.strip("\0 ") or None
 
 
 class _Components:
