@@ -60,6 +60,18 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_source ON decisions(source);
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
 CREATE INDEX IF NOT EXISTS decisions_destination ON decisions(destination);
+CREATE TABLE IF NOT EXISTS labels (
+    id        INTEGER PRIMARY KEY,
+    time      TEXT NOT NULL,
+    sha256    TEXT NOT NULL,
+    stage     TEXT NOT NULL,
+    label     TEXT,
+    source    TEXT NOT NULL,
+    entry     INTEGER REFERENCES decisions(id),
+    path      TEXT,
+    withdraws INTEGER REFERENCES labels(id)
+);
+CREATE INDEX IF NOT EXISTS labels_sha256 ON labels(sha256);
 """
 #: Actions that put a file somewhere under the output root, which undo can reverse.
 MOVING_ACTIONS = ("move", "quarantine", "review")
@@ -67,6 +79,8 @@ MOVING_ACTIONS = ("move", "quarantine", "review")
 
 #: the run id of every ``gensift watch`` decision
 WATCH_RUN = "watch"
+#: the prefix of the run ids of actions a person took on the review page
+REVIEW_RUN = "review"
 
 
 def new_run_id(kind: str) -> str:
@@ -100,6 +114,11 @@ class Entry:
     note: str
     undoes: int | None
 
+    @property
+    def actor(self) -> str:
+        """``human`` for an action taken on the review page, else ``gensift``."""
+        return "human" if self.run.startswith(f"{REVIEW_RUN}-") else "gensift"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -117,8 +136,57 @@ class Entry:
             "state": self.state,
             "note": self.note,
             "run": self.run,
+            "actor": self.actor,
             "undoes": self.undoes,
         }
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label event: a person said what a file (by content hash) is, or withdrew that.
+
+    ``label`` is a class of ``stage`` (``keep`` / ``reject`` for quality), or None for
+    a withdrawal (``withdraws`` names the event it takes back). ``source``: review,
+    audit, rescue or undo. ``entry`` is the journal row of the file operation the
+    action made (or of the file it was about), ``path`` where the file was then.
+    """
+
+    id: int
+    time: str
+    sha256: str
+    stage: str
+    label: str | None
+    source: str
+    entry: int | None
+    path: Path | None
+    withdraws: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "sha256": self.sha256,
+            "stage": self.stage,
+            "label": self.label,
+            "source": self.source,
+            "entry": self.entry,
+            "path": None if self.path is None else shown(self.path),
+            "withdraws": self.withdraws,
+        }
+
+
+def _label(row: sqlite3.Row) -> Label:
+    return Label(
+        id=row["id"],
+        time=row["time"],
+        sha256=row["sha256"],
+        stage=row["stage"],
+        label=row["label"],
+        source=row["source"],
+        entry=row["entry"],
+        path=None if row["path"] is None else _path(row["path"]),
+        withdraws=row["withdraws"],
+    )
 
 
 def _now() -> str:
@@ -310,7 +378,10 @@ class Journal:
         return [_entry(r) for r in rows]
 
     def get(self, entry_id: int) -> Entry:
+        """Row ``entry_id``; ``KeyError`` if there is none."""
         row = self._db.execute("SELECT * FROM decisions WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no journal row {entry_id}")
         return _entry(row)
 
     def history(self, limit: int | None = None) -> list[Entry]:
@@ -356,3 +427,117 @@ class Journal:
             params.append(run)
         rows = self._db.execute(query + " ORDER BY id DESC", params)
         return [_entry(r) for r in rows]
+
+    # -- where files are now, and labels (the review page) --------------------------------
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a row is added or finishes, or a label is added."""
+        rows, last, done = self._db.execute(
+            "SELECT count(*), coalesce(max(id), 0), coalesce(sum(state = ?), 0) FROM decisions",
+            (FileState.DONE,),
+        ).fetchone()
+        labels = self._db.execute("SELECT coalesce(max(id), 0) FROM labels").fetchone()[0]
+        return rows, last, done, labels
+
+    _PLACED = (
+        "d.state = ? AND d.action IN (?, ?, ?) AND d.destination IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM decisions n WHERE n.source = d.destination AND n.id > d.id "
+        "AND n.state IN (?, ?))"
+    )
+
+    def placed(self) -> list[Entry]:
+        """Rows that put a file where it still is, newest first: finished moves into the
+        output root that no later row (finished or under way) moved on from."""
+        rows = self._db.execute(
+            f"SELECT * FROM decisions d WHERE {self._PLACED} ORDER BY d.id DESC",
+            (FileState.DONE, *MOVING_ACTIONS, FileState.DONE, FileState.INTENT),
+        )
+        return [_entry(r) for r in rows]
+
+    def is_placed(self, entry: Entry) -> bool:
+        """Whether ``entry``'s file is still where that row put it (as far as the journal knows)."""
+        row = self._db.execute(
+            f"SELECT 1 FROM decisions d WHERE d.id = ? AND {self._PLACED}",
+            (entry.id, FileState.DONE, *MOVING_ACTIONS, FileState.DONE, FileState.INTENT),
+        ).fetchone()
+        return row is not None
+
+    def last_from(self, source: Path) -> Entry | None:
+        """The newest finished row that moved the file at ``source``."""
+        row = self._db.execute(
+            "SELECT * FROM decisions WHERE source = ? AND state = ? ORDER BY id DESC LIMIT 1",
+            (path_key(source), FileState.DONE),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def last_restore(self, undone: int) -> Entry | None:
+        """The finished ``restore`` row that undid row ``undone``."""
+        row = self._db.execute(
+            "SELECT * FROM decisions WHERE undoes = ? AND state = ? ORDER BY id DESC LIMIT 1",
+            (undone, FileState.DONE),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def feature_classes(self, recent: int = 2000) -> set[str]:
+        """The feature classes the last ``recent`` decisions scored or moved files to."""
+        rows = self._db.execute(
+            "SELECT DISTINCT j.key FROM (SELECT probabilities FROM decisions "
+            "ORDER BY id DESC LIMIT ?) d, json_each(d.probabilities, '$.feature') j",
+            (recent,),
+        )
+        names = {r[0] for r in rows}
+        rows = self._db.execute(
+            "SELECT DISTINCT label FROM decisions WHERE action = 'move' AND label IS NOT NULL"
+        )
+        return names | {r[0] for r in rows}
+
+    def add_label(
+        self,
+        sha256: str,
+        stage: str,
+        label: str | None,
+        source: str,
+        *,
+        entry: int | None = None,
+        path: Path | None = None,
+        withdraws: int | None = None,
+    ) -> Label:
+        """Append one label event (labels are never changed, only withdrawn by a later one)."""
+        cursor = self._db.execute(
+            "INSERT INTO labels (time, sha256, stage, label, source, entry, path, withdraws) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _now(),
+                sha256,
+                stage,
+                label,
+                source,
+                entry,
+                None if path is None else path_key(path),
+                withdraws,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return self.label(cursor.lastrowid)
+
+    def label(self, label_id: int) -> Label:
+        row = self._db.execute("SELECT * FROM labels WHERE id = ?", (label_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no label event {label_id}")
+        return _label(row)
+
+    def labels(self) -> list[Label]:
+        """Every label event, oldest first (none in a journal older than labels)."""
+        try:
+            return [_label(r) for r in self._db.execute("SELECT * FROM labels ORDER BY id")]
+        except sqlite3.OperationalError:  # opened read-only before any labels existed
+            return []
+
+    def labelled_hashes(self, source: str) -> set[str]:
+        """Content hashes with a label event from ``source`` that was not withdrawn."""
+        rows = self._db.execute(
+            "SELECT DISTINCT sha256 FROM labels l WHERE source = ? AND label IS NOT NULL AND "
+            "NOT EXISTS (SELECT 1 FROM labels w WHERE w.withdraws = l.id)",
+            (source,),
+        )
+        return {r[0] for r in rows}

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-Reason = Literal["class", "reject", "uncertain", "corrupt", "blank", "keep"]
+Reason = Literal["class", "reject", "uncertain", "corrupt", "blank", "keep", "human"]
 Action = Literal["move", "quarantine", "trash", "delete", "review", "leave"]
 
 #: Folders under the output root that gensift owns (class names cannot start with "_").
