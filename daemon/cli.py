@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sort(commands)
     _add_undo(commands)
     _add_history(commands)
+    _add_review(commands)
+    _add_labels(commands)
     _add_train(commands)
     _add_evaluate(commands)
     _add_models(commands)
@@ -187,6 +189,41 @@ def _add_history(commands: argparse._SubParsersAction) -> None:
     )
     _add_config_option(p)
     p.set_defaults(handler=_run_history)
+
+
+def _add_review(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "review",
+        help="a keyboard-driven page to review, correct and audit decisions",
+        description="Serve the review page on 127.0.0.1 and open it in the browser. The "
+        "printed address holds this run's token; without it the page answers 403. Every "
+        "action is a journalled move (gensift history lists it, gensift undo reverses "
+        "it) and a label for retraining. Works while gensift watch runs on the same "
+        "config. Press ? on the page for the keys.",
+    )
+    p.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the address")
+    _add_config_option(p)
+    p.set_defaults(handler=_run_review)
+
+
+def _add_labels(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "labels",
+        help="the labels given on the review page, counted",
+        description="Count the labels that stand (the newest label of each file and "
+        "stage that was not undone), by stage, label and source (review, audit, rescue).",
+    )
+    p.add_argument("--json", action="store_true", help="every standing label and the counts")
+    _add_config_option(p)
+    p.set_defaults(handler=_run_labels)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text}")
+    return value
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -572,6 +609,18 @@ def _run_history(args: argparse.Namespace) -> int:
     if show_history(settings, args.limit, as_json=args.json, out=sys.stdout) == 0 and not args.json:
         print(f"no decisions in {settings.journal.path} yet")
     return EXIT_OK
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    from gensift.daemon.review.server import run_review
+
+    return run_review(_settings(args), port=args.port, open_browser=not args.no_browser)
+
+
+def _run_labels(args: argparse.Namespace) -> int:
+    from gensift.daemon.commands.labels import show_labels
+
+    return show_labels(_settings(args), as_json=args.json, out=sys.stdout)
 
 
 def _print_report(metrics: dict, **where: str) -> None:

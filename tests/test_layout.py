@@ -4,7 +4,8 @@
 - What watches folders, lists files, keeps the journal and moves files needs no model:
   importing it must not import torch (a minute on a slow machine, and gigabytes).
 - ``routing`` (files and the journal) does not reach up into ``runtime``, ``commands``,
-  ``platforms`` or ``demo``; ``runtime`` does not reach into ``commands`` or ``demo``.
+  ``platforms``, ``demo`` or ``review``; ``runtime`` does not reach into ``commands``,
+  ``demo`` or ``review``; the review page acts through ``routing``, never the runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ TORCH_FREE = [
     "gensift.daemon.routing.router",
     "gensift.daemon.routing.recovery",
     "gensift.daemon.commands.history",
+    "gensift.daemon.commands.labels",
+    "gensift.daemon.review.server",  # the page starts in a second; thumbnails load torch
 ]
 
 
@@ -59,8 +62,10 @@ FORBIDDEN = {
         "gensift.daemon.commands",
         "gensift.daemon.platforms",
         "gensift.daemon.demo",
+        "gensift.daemon.review",
     ),
-    "daemon/runtime": ("gensift.daemon.commands", "gensift.daemon.demo"),
+    "daemon/runtime": ("gensift.daemon.commands", "gensift.daemon.demo", "gensift.daemon.review"),
+    "daemon/review": ("gensift.daemon.runtime", "gensift.daemon.platforms", "gensift.daemon.demo"),
 }
 
 

@@ -1,0 +1,1 @@
+"""``gensift review``: the review page, its queues and the human actions it takes."""

@@ -1,0 +1,257 @@
+"""The review page's rules, through its HTTP API without a browser (the browser tests
+drive the same routes in Chromium): tokens, Host, CSRF, what may be served, and that
+every action is a journalled move and a label that undo takes back byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from reviewkit import CLASSES, Scene, make_scene
+from starlette.testclient import TestClient
+
+from gensift.daemon.cli import main
+from gensift.daemon.commands.labels import current_labels
+from gensift.daemon.review.guard import Secrets
+from gensift.daemon.review.server import build_review, create_app
+from gensift.daemon.routing.journal import Journal
+
+PORT = 48123  # the TestClient does not listen; the port is only what Host must say
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Scene:
+    return make_scene(tmp_path)
+
+
+def client_for(scene: Scene, *, authorised: bool = True) -> tuple[TestClient, Secrets]:
+    secrets = Secrets(port=PORT)
+    client = TestClient(create_app(build_review(scene.settings, secrets)),
+                        base_url=f"http://127.0.0.1:{PORT}")  # fmt: skip
+    if authorised:
+        assert client.get(f"/?token={secrets.token}").status_code == 200
+    return client, secrets
+
+
+def post(client: TestClient, secrets: Secrets, path: str, body: dict) -> dict:
+    r = client.post(path, json=body, headers=_same_origin(secrets))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def act(client: TestClient, secrets: Secrets, scene: Scene, name: str, verb: str, queue: str,
+        cls: str | None = None) -> dict:  # fmt: skip
+    body = {"id": row_for(scene, name), "verb": verb, "queue": queue, "class": cls}
+    return post(client, secrets, "/api/act", body)
+
+
+def _same_origin(secrets: Secrets) -> dict[str, str]:
+    return {"X-CSRF-Token": secrets.csrf, "Origin": f"http://127.0.0.1:{PORT}"}
+
+
+def row_for(scene: Scene, name: str) -> int:
+    with Journal.open(scene.journal) as journal:
+        return next(e.id for e in journal.placed() if e.destination and e.destination.name == name)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- who may talk to the page ---------------------------------------------------------------
+
+
+def test_without_the_token_everything_is_403_and_the_token_url_sets_a_cookie(
+    scene: Scene,
+) -> None:
+    client, secrets = client_for(scene, authorised=False)
+    entry = row_for(scene, "uncertain_0.png")
+    for path in ("/", "/queue/review", f"/thumb/{entry}", f"/image/{entry}", "/api/counts"):
+        assert client.get(path).status_code == 403, path
+    assert client.get("/queue/review?token=wrong").status_code == 403
+    r = client.get(f"/queue/review?token={secrets.token}", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/queue/review"  # token not kept
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert client.get("/queue/review").status_code == 200  # the cookie carries it now
+
+
+def test_a_foreign_host_header_is_refused_even_with_the_token(scene: Scene) -> None:
+    client, secrets = client_for(scene)
+    for host in ("evil.example", f"evil.example:{PORT}", f"127.0.0.1:{PORT + 1}", ""):
+        r = client.get(f"/queue/review?token={secrets.token}", headers={"Host": host})
+        assert r.status_code == 403, host
+    assert client.get("/queue/review", headers={"Host": f"localhost:{PORT}"}).status_code == 200
+
+
+def test_a_post_without_the_csrf_token_or_from_another_origin_changes_nothing(
+    scene: Scene,
+) -> None:
+    client, secrets = client_for(scene)
+    entry = row_for(scene, "uncertain_0.png")
+    body = {"id": entry, "verb": "class", "class": "dog", "queue": "review"}
+    origin = {"Origin": f"http://127.0.0.1:{PORT}"}
+    attempts = [
+        {},  # neither
+        origin,  # no CSRF token
+        {"X-CSRF-Token": "guess", **origin},
+        {"X-CSRF-Token": secrets.csrf},  # no Origin
+        {"X-CSRF-Token": secrets.csrf, "Origin": "http://evil.example"},
+        {**_same_origin(secrets), "Sec-Fetch-Site": "cross-site"},
+    ]
+    for headers in attempts:
+        assert client.post("/api/act", json=body, headers=headers).status_code == 403, headers
+    assert (scene.root / "_review" / "uncertain_0.png").exists()
+    assert not (scene.root / "dog" / "uncertain_0.png").exists()
+
+
+def test_only_files_under_the_root_or_a_watched_folder_are_served(
+    scene: Scene, tmp_path: Path
+) -> None:
+    client, _ = client_for(scene)
+    entry = row_for(scene, "uncertain_0.png")
+    assert (
+        client.get(f"/image/{entry}").content
+        == (scene.root / "_review/uncertain_0.png").read_bytes()
+    )
+    for path in ("/image/..%2F..%2Fetc%2Fpasswd", "/image/../../etc/passwd",
+                 "/thumb/%2e%2e%2fjournal.sqlite3", "/static/..%2F..%2Freview%2Fserver.py",
+                 "/static/../server.py", "/image/-1", "/image/999999"):  # fmt: skip
+        r = client.get(path)
+        assert r.status_code in (403, 404), path
+        assert b"import" not in r.content and b"root:" not in r.content
+    # a journal row whose file was replaced by a link out of the root is not followed
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private\n")
+    placed = scene.root / "_review" / "uncertain_1.png"
+    placed.unlink()
+    placed.symlink_to(secret)
+    r = client.get(f"/image/{row_for(scene, 'uncertain_1.png')}")
+    assert r.status_code == 403 and b"private" not in r.content
+
+
+# -- queues ------------------------------------------------------------------------------
+
+
+def test_queues_count_their_files_and_review_puts_the_smallest_margin_first(
+    scene: Scene,
+) -> None:
+    client, _ = client_for(scene)
+    assert client.get("/api/counts").json() == {"review": 4, "audit": 9, "rejected": 2,
+                                                "recent": 15}  # fmt: skip
+    page = client.get("/queue/review").text
+    order = [page.index(f"uncertain_{i}.png") for i in range(4)]
+    assert order == sorted(order)  # margins grow with the number
+    assert client.get("/queue/nonsense").status_code == 404
+
+
+def test_item_details_include_the_generation_parameters(scene: Scene) -> None:
+    client, _ = client_for(scene)
+    item = client.get(f"/api/item/{row_for(scene, 'uncertain_0.png')}").json()
+    assert item["parameters"]["prompt"] == "a fox in the snow, watercolour"
+    assert item["parameters"]["negative"] == "blurry"
+    assert item["parameters"]["settings"]["Seed"] == "1234"
+    assert item["parameters"]["settings"]["Model"] == "sdxl, base"
+    assert item["checkpoints"]["feature"] == "feature@v3"
+    assert item["actor"] == "gensift"
+    assert client.get(f"/thumb/{item['id']}").headers["content-type"] == "image/jpeg"
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+def test_a_class_key_moves_the_file_records_a_label_and_undo_puts_it_back_exactly(
+    scene: Scene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, secrets = client_for(scene)
+    source = scene.root / "_review" / "uncertain_0.png"
+    digest = sha(source)
+    entry = row_for(scene, "uncertain_0.png")
+    done = post(client, secrets, "/api/act",
+                {"id": entry, "verb": "class", "class": "dog", "queue": "review"})  # fmt: skip
+    assert done["folder"] == "dog" and not source.exists()
+    assert sha(scene.root / "dog" / "uncertain_0.png") == digest
+    with Journal.open(scene.journal) as journal:
+        row = journal.get(done["entry"])
+        assert (row.actor, row.action, row.label, row.reason) == ("human", "move", "dog", "human")
+        standing = current_labels(journal.labels())
+    assert standing[(digest, "feature")].label == "dog"
+    assert standing[(digest, "feature")].source == "review"
+    assert client.get("/api/counts").json()["review"] == 3
+
+    # the action is in gensift history
+    assert main(["history", "-c", str(scene.config), "--limit", "1"]) == 0
+    assert "dog" in capsys.readouterr().out
+
+    post(client, secrets, "/api/undo", {"label": done["label"]["id"]})
+    assert sha(source) == digest and not (scene.root / "dog" / "uncertain_0.png").exists()
+    with Journal.open(scene.journal) as journal:
+        assert (digest, "feature") not in current_labels(journal.labels())
+    assert client.get("/api/counts").json()["review"] == 4
+    r = client.post("/api/undo", json={"label": done["label"]["id"]}, headers=_same_origin(secrets))
+    assert r.status_code == 409  # nothing to undo twice
+
+
+def test_reject_on_an_audit_item_quarantines_it_as_an_audit_label(scene: Scene) -> None:
+    client, secrets = client_for(scene)
+    entry = row_for(scene, "cat_0.png")
+    digest = scene.files["cat_0.png"]
+    done = post(client, secrets, "/api/act", {"id": entry, "verb": "reject", "queue": "audit"})
+    assert done["folder"] == "_rejected"
+    assert sha(scene.root / "_rejected" / "cat_0.png") == digest
+    with Journal.open(scene.journal) as journal:
+        label = current_labels(journal.labels())[(digest, "quality")]
+    assert (label.label, label.source) == ("reject", "audit")
+    counts = client.get("/api/counts").json()
+    assert counts["audit"] == 8 and counts["rejected"] == 3
+
+
+def test_accept_confirms_a_move_in_place_and_sends_an_uncertain_file_to_the_favoured_class(
+    scene: Scene,
+) -> None:
+    client, secrets = client_for(scene)
+    done = act(client, secrets, scene, "fox_1.png", "accept", "audit")
+    assert done["entry"] is None and (scene.root / "fox" / "fox_1.png").exists()
+    assert done["label"]["label"] == "fox" and done["label"]["source"] == "audit"
+    done = act(client, secrets, scene, "uncertain_1.png", "accept", "review")
+    assert done["folder"] == CLASSES[1]  # uncertain_1's favoured class
+    assert (scene.root / CLASSES[1] / "uncertain_1.png").exists()
+
+
+def test_keep_rescues_a_reject_to_review_and_unknown_classes_are_refused(scene: Scene) -> None:
+    client, secrets = client_for(scene)
+    done = act(client, secrets, scene, "broken_0.png", "keep", "rejected")
+    assert done["folder"] == "_review" and done["label"]["source"] == "rescue"
+    assert (scene.root / "_review" / "broken_0.png").exists()
+    r = client.post("/api/act", headers=_same_origin(secrets),
+                    json={"id": row_for(scene, "uncertain_2.png"), "verb": "class",
+                          "class": "../../etc", "queue": "review"})  # fmt: skip
+    assert r.status_code == 409 and "unknown class" in r.json()["error"]
+    assert (scene.root / "_review" / "uncertain_2.png").exists()
+
+
+def test_a_file_changed_since_it_was_placed_is_not_acted_on(scene: Scene) -> None:
+    client, secrets = client_for(scene)
+    placed = scene.root / "_review" / "uncertain_3.png"
+    placed.write_bytes(placed.read_bytes() + b"edited")
+    r = client.post("/api/act", headers=_same_origin(secrets),
+                    json={"id": row_for(scene, "uncertain_3.png"), "verb": "class",
+                          "class": "cat", "queue": "review"})  # fmt: skip
+    assert r.status_code == 409 and "changed" in r.json()["error"]
+    assert placed.exists() and not (scene.root / "cat" / "uncertain_3.png").exists()
+
+
+def test_gensift_undo_reverses_the_page_actions_and_labels_counts_them(
+    scene: Scene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, secrets = client_for(scene)
+    act(client, secrets, scene, "uncertain_0.png", "class", "review", "fox")
+    act(client, secrets, scene, "uncertain_1.png", "class", "review", "cat")
+    act(client, secrets, scene, "dog_2.png", "accept", "audit")
+    assert main(["labels", "-c", str(scene.config)]) == 0
+    out = capsys.readouterr().out
+    assert "3 labelled files" in out and "fox" in out and "1 audit" in out
+    assert main(["undo", "-c", str(scene.config)]) == 0  # the last run: the page's
+    assert (scene.root / "_review" / "uncertain_0.png").exists()
+    assert (scene.root / "_review" / "uncertain_1.png").exists()
