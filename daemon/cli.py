@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history(commands)
     _add_review(commands)
     _add_labels(commands)
+    _add_stats(commands)
     _add_train(commands)
     _add_evaluate(commands)
     _add_models(commands)
@@ -217,6 +218,19 @@ def _add_labels(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="every standing label and the counts")
     _add_config_option(p)
     p.set_defaults(handler=_run_labels)
+
+
+def _add_stats(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "stats",
+        help="live precision of automatic moves, from the review page's audit answers",
+        description="Per class: how many audited automatic moves the person confirmed, "
+        "with an exact 95 %% interval and the count it rests on. Exits 1 when a class is, "
+        "with 95 %% confidence, below the target precision of the feature checkpoint.",
+    )
+    p.add_argument("--json", action="store_true", help="the same as JSON")
+    _add_config_option(p)
+    p.set_defaults(handler=_run_stats)
 
 
 def _port(text: str) -> int:
@@ -621,6 +635,12 @@ def _run_labels(args: argparse.Namespace) -> int:
     from gensift.daemon.commands.labels import show_labels
 
     return show_labels(_settings(args), as_json=args.json, out=sys.stdout)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from gensift.daemon.commands.labels import show_stats
+
+    return show_stats(_settings(args), as_json=args.json, out=sys.stdout)
 
 
 def _print_report(metrics: dict, **where: str) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from reviewkit import CLASSES, Scene, make_scene
+from sortkit import write_config
 from starlette.testclient import TestClient
+from watchkit import daemon_thread, logged
 
 from gensift.daemon.cli import main
 from gensift.daemon.commands.labels import current_labels
@@ -255,3 +257,49 @@ def test_gensift_undo_reverses_the_page_actions_and_labels_counts_them(
     assert main(["undo", "-c", str(scene.config)]) == 0  # the last run: the page's
     assert (scene.root / "_review" / "uncertain_0.png").exists()
     assert (scene.root / "_review" / "uncertain_1.png").exists()
+
+
+# -- live precision -----------------------------------------------------------------------
+
+
+def test_audit_answers_give_live_precision_with_its_interval_and_count(
+    scene: Scene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, secrets = client_for(scene)
+    for i in range(3):  # cat: three of three confirmed
+        act(client, secrets, scene, f"cat_{i}.png", "accept", "audit")
+    act(client, secrets, scene, "dog_0.png", "accept", "audit")  # dog: one right,
+    act(client, secrets, scene, "dog_1.png", "class", "audit", "fox")  # one another class,
+    act(client, secrets, scene, "dog_2.png", "reject", "audit")  # one broken
+    live = {x["class"]: x for x in client.get("/api/stats").json()["live_precision"]}
+    assert set(live) == {"cat", "dog"}  # fox: nothing audited, no figure
+    assert (live["cat"]["right"], live["cat"]["audited"]) == (3, 3)
+    assert (live["dog"]["right"], live["dog"]["audited"]) == (1, 3)
+    lo, hi = live["cat"]["interval95"]
+    assert 0.25 < lo < 0.35 and hi == 1.0  # 3 of 3 is far from proof of 0.95
+    assert not live["cat"]["below_target"]
+    assert live["dog"]["below_target"]  # 1 of 3: the upper bound is under 0.95
+    page = client.get("/queue/audit").text
+    assert "below target" in page and "dog 1/3" in page
+
+    # an undone audit answer no longer counts
+    done = act(client, secrets, scene, "fox_0.png", "accept", "audit")
+    post(client, secrets, "/api/undo", {"label": done["label"]["id"]})
+    assert "fox" not in {x["class"] for x in client.get("/api/stats").json()["live_precision"]}
+
+    assert main(["stats", "-c", str(scene.config)]) == 1  # a class is below target
+    out = capsys.readouterr().out
+    assert "6 audited" in out and "cat: 3/3" in out and "dog: 1/3" in out and "BELOW" in out
+
+
+def test_the_daemon_says_at_start_up_when_live_precision_is_below_target(
+    tmp_path: Path, models: tuple[Path, Path], log_lines: list[str]
+) -> None:
+    scene = make_scene(tmp_path)
+    client, secrets = client_for(scene)
+    for i in range(3):
+        act(client, secrets, scene, f"fox_{i}.png", "class", "audit", "cat")  # all wrong
+    config = write_config(tmp_path, *models)  # the same output root and journal
+    with daemon_thread(config):
+        pass
+    assert logged(log_lines, "live precision fox: 0/3", "BELOW TARGET", "gensift review")

@@ -1,4 +1,5 @@
-"""``gensift labels``: what people said about files on the review page.
+"""``gensift labels`` and ``gensift stats``: what people said about files on the review
+page, and the live precision their audit answers measure (:mod:`routing.audit`).
 
 Label events are append-only (``Journal.add_label``); a file's label for a stage is
 its newest event that was not withdrawn (undo withdraws). Labels are keyed by content
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from gensift.daemon.config import Settings
+from gensift.daemon.routing.audit import live_precision, recorded_target
 from gensift.daemon.routing.journal import Journal, Label
 
 
@@ -67,3 +69,22 @@ def _counts(labels: Iterable[Label]) -> dict[str, dict[str, dict[str, int]]]:
     for (stage, label, source), n in sorted(counts.items()):
         out.setdefault(stage, {}).setdefault(label, {})[source] = n
     return out
+
+
+def show_stats(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+    """Live precision per class from the audit answers; exit 1 if a class is below target."""
+    target = recorded_target(settings.stages.feature.checkpoint)
+    with Journal.open_readonly(settings.journal.path) as journal:
+        rows = live_precision(journal, target)
+    if as_json:
+        json.dump({"live_precision": [r.to_json() for r in rows], "target": target}, out, indent=2)
+        out.write("\n")
+    elif not rows:
+        print("no audited moves yet: answer some in the audit queue of gensift review", file=out)
+    else:
+        audited = sum(r.audited.count for r in rows)
+        print(f"live precision of automatic moves ({audited} audited, target {target:.2f}):",
+              file=out)  # fmt: skip
+        for r in rows:
+            print(f"  {r.describe()}", file=out)
+    return 1 if any(r.below_target for r in rows) else 0

@@ -45,6 +45,7 @@ from gensift.daemon.review.actions import VERBS, ActionError, Reviewer
 from gensift.daemon.review.guard import LOOPBACK, Guard, Secrets, servable
 from gensift.daemon.review.queues import QUEUES, Queues, folder_of
 from gensift.daemon.review.thumbs import Thumbnails
+from gensift.daemon.routing.audit import LivePrecision, live_precision, recorded_target
 from gensift.daemon.routing.fileops import shown
 from gensift.daemon.routing.journal import REVIEW_RUN, Entry, Journal, JournalError, new_run_id
 from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR
@@ -68,6 +69,12 @@ class Review:
 
     def classes(self) -> list[str]:
         return known_classes(self.settings, self.open_journal)
+
+    def live(self) -> list[LivePrecision]:
+        """Live precision per class from the audit answers (routing/audit.py)."""
+        target = recorded_target(self.settings.stages.feature.checkpoint)
+        with self.open_journal() as journal:
+            return live_precision(journal, target)
 
     def roots(self) -> list[Path]:
         """The folders files may be served from (resolved by :func:`servable`)."""
@@ -123,8 +130,13 @@ def create_app(review: Review) -> Starlette:
             number = int(request.query_params.get("page", "1"))
         except ValueError:
             number = 1
-        page, counts, classes = await run_in_threadpool(
-            lambda: (review.queues.page(name, number), review.queues.counts(), review.classes())
+        page, counts, classes, live = await run_in_threadpool(
+            lambda: (
+                review.queues.page(name, number),
+                review.queues.counts(),
+                review.classes(),
+                review.live(),
+            )
         )
         items = [item_json(e) for e in page.items]
         return templates.TemplateResponse(
@@ -137,6 +149,8 @@ def create_app(review: Review) -> Starlette:
                 "page": page,
                 "items": items,
                 "classes": classes,
+                "live": live,
+                "below": [x for x in live if x.below_target],
                 "state": _script_json(
                     {
                         "queue": name,
@@ -225,6 +239,10 @@ def create_app(review: Review) -> Starlette:
             return JSONResponse({"error": _message(exc)}, status_code=409)
         return JSONResponse(done.to_json())
 
+    async def stats(request: Request) -> Response:
+        live = await run_in_threadpool(review.live)
+        return JSONResponse({"live_precision": [x.to_json() for x in live]})
+
     async def counts(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(review.queues.counts))
 
@@ -238,6 +256,7 @@ def create_app(review: Review) -> Starlette:
             Route("/api/act", act, methods=["POST"]),
             Route("/api/undo", undo, methods=["POST"]),
             Route("/api/counts", counts),
+            Route("/api/stats", stats),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
     )

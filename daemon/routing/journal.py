@@ -478,6 +478,22 @@ class Journal:
         ).fetchone()
         return None if row is None else _entry(row)
 
+    def automatic_move(self, entry_id: int) -> Entry | None:
+        """The automatic move into a class folder that row ``entry_id`` is about: the row
+        itself, or, for a person's move, the automatic move that had put the file there."""
+        try:
+            entry = self.get(entry_id)
+        except KeyError:
+            return None
+        if entry.actor == "gensift":
+            return entry if entry.action == "move" else None
+        row = self._db.execute(
+            "SELECT * FROM decisions WHERE destination = ? AND id < ? AND action = 'move' "
+            "AND run NOT LIKE ? ORDER BY id DESC LIMIT 1",
+            (path_key(entry.source), entry.id, f"{REVIEW_RUN}-%"),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
     def feature_classes(self, recent: int = 2000) -> set[str]:
         """The feature classes the last ``recent`` decisions scored or moved files to."""
         rows = self._db.execute(

@@ -35,6 +35,7 @@ from loguru import logger
 
 from gensift.daemon.config import ConfigError, Settings, config_warnings, load_config
 from gensift.daemon.logs import setup_logging
+from gensift.daemon.routing.audit import live_precision, recorded_target
 from gensift.daemon.routing.journal import WATCH_RUN, Journal, new_run_id
 from gensift.daemon.routing.lock import JournalLock
 from gensift.daemon.routing.recovery import repair
@@ -183,6 +184,13 @@ class Daemon:
             f" ({repaired} interrupted operation(s) repaired)" if repaired else "",
             self.run_id,
         )
+        target = recorded_target(settings.stages.feature.checkpoint)
+        for live in live_precision(journal, target):
+            if live.below_target:
+                logger.warning(
+                    "live precision {}: review the audit queue (gensift review) and retrain",
+                    live.describe(),
+                )
         self.notifier.ready(f"start-up scan found {result.found} undecided file(s); watching")
         self.ready.set()
 
