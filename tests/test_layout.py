@@ -29,7 +29,8 @@ TORCH_FREE = [
     "gensift.daemon.routing.recovery",
     "gensift.daemon.commands.history",
     "gensift.daemon.commands.labels",
-    "gensift.daemon.review.server",  # the page starts in a second; thumbnails load torch
+    "gensift.daemon.review.server",  # the page and its thumbnails need no model
+    "gensift.models.pixels",
 ]
 
 

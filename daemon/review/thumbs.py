@@ -1,7 +1,7 @@
 """Thumbnails for the review page, made on request and cached by content hash.
 
 The page's server makes them in its own process (never on the daemon's inference
-path), with the one image reader every other path uses (``models.presets.open_rgb``:
+path), with the one image reader every other path uses (``models.pixels.open_rgb``:
 16-bit, CMYK, palette and EXIF-rotated images come out right), and keeps them as
 ``<cache>/<sha256[:2]>/<sha256>.jpg``: a file that moves or is renamed keeps its
 thumbnail, and a thumbnail is never stale because its name is its content.
@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from gensift.models.pixels import open_rgb
 
 THUMB_SIDE = 256
 
@@ -34,8 +36,6 @@ class Thumbnails:
         target = self.path_for(sha256)
         if target.exists():
             return target
-        from gensift.models.presets import open_rgb  # torch: only once a thumbnail is needed
-
         img = open_rgb(source, self.side)
         img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
