@@ -14,6 +14,7 @@ Routes: ``/`` (to the review queue), ``/queue/{name}?page=N`` (a page of a queue
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import socket
 import threading
@@ -194,7 +195,12 @@ def create_app(review: Review) -> Starlette:
         found = await run_in_threadpool(placed_file, request.path_params["id"])
         if isinstance(found, Response):
             return found
-        return FileResponse(found[1], headers=_PRIVATE_CACHE)
+        try:  # read now: the file may be moved by an action at any moment
+            data = await run_in_threadpool(found[1].read_bytes)
+        except OSError:
+            return PlainTextResponse("the file moved; reload\n", status_code=404)
+        media = mimetypes.guess_type(found[1].name)[0] or "application/octet-stream"
+        return Response(data, media_type=media, headers=_PRIVATE_CACHE)
 
     async def item(request: Request) -> Response:
         found = await run_in_threadpool(placed_file, request.path_params["id"])
