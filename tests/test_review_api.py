@@ -303,3 +303,16 @@ def test_the_daemon_says_at_start_up_when_live_precision_is_below_target(
     with daemon_thread(config):
         pass
     assert logged(log_lines, "live precision fox: 0/3", "BELOW TARGET", "gensift review")
+
+
+def test_the_page_acts_while_gensift_watch_runs_on_the_same_journal(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    scene = make_scene(tmp_path)
+    config = write_config(tmp_path, *models)  # the same output root and journal
+    with daemon_thread(config):  # holds the journal lock for its whole life
+        client, secrets = client_for(scene)
+        done = act(client, secrets, scene, "uncertain_2.png", "class", "review", "fox")
+        assert (scene.root / "fox" / "uncertain_2.png").exists()
+        post(client, secrets, "/api/undo", {"label": done["label"]["id"]})
+        assert (scene.root / "_review" / "uncertain_2.png").exists()
