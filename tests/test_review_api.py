@@ -5,6 +5,12 @@ every action is a journalled move and a label that undo takes back byte for byte
 from __future__ import annotations
 
 import hashlib
+import http.cookiejar
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -316,3 +322,29 @@ def test_the_page_acts_while_gensift_watch_runs_on_the_same_journal(
         assert (scene.root / "fox" / "uncertain_2.png").exists()
         post(client, secrets, "/api/undo", {"label": done["label"]["id"]})
         assert (scene.root / "_review" / "uncertain_2.png").exists()
+
+
+def test_gensift_review_serves_until_ctrl_c_and_prints_the_tokened_url(scene: Scene) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gensift.daemon.cli", "review", "--no-browser",
+         "-c", str(scene.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("gensift review: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].strip()
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        with browser.open(url, timeout=30) as r:  # the token, then its cookie
+            assert r.status == 200 and "uncertain_0.png" in r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no cookie
+            urllib.request.urlopen(url.split("?")[0], timeout=30)
+        assert refused.value.code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "Traceback" not in err

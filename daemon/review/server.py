@@ -48,7 +48,7 @@ from gensift.daemon.review.queues import QUEUES, Queues, folder_of
 from gensift.daemon.review.thumbs import Thumbnails
 from gensift.daemon.routing.audit import LivePrecision, live_precision, recorded_target
 from gensift.daemon.routing.fileops import shown
-from gensift.daemon.routing.journal import REVIEW_RUN, Entry, Journal, JournalError, new_run_id
+from gensift.daemon.routing.journal import REVIEW_RUN, Entry, Journal, new_run_id
 from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR
 from gensift.models.genparams import read_parameters
 
@@ -382,11 +382,8 @@ def run_review(
     settings: Settings, *, port: int = 0, open_browser: bool = True, out: Any = None
 ) -> int:
     """``gensift review``: check the journal opens, serve, print the URL, open a browser."""
-    try:
-        with Journal.open(settings.journal.path):
-            pass
-    except JournalError as exc:
-        raise exc
+    with Journal.open(settings.journal.path):  # a clear JournalError now, not on the page
+        pass
     try:
         server = PageServer(build_review(settings), port)
     except OSError as exc:
@@ -399,7 +396,9 @@ def run_review(
     logger.info("review page at {}:{}", LOOPBACK, server.review.secrets.port)
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server.serve()
+    with suppress(KeyboardInterrupt):  # uvicorn shuts down, then passes Ctrl+C on: the end
+        server.serve()
+    print("gensift review: stopped", file=out, flush=True)
     return 0
 
 
