@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_review(commands)
     _add_labels(commands)
     _add_stats(commands)
+    _add_retrain(commands)
     _add_train(commands)
     _add_evaluate(commands)
     _add_models(commands)
@@ -231,6 +232,35 @@ def _add_stats(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the same as JSON")
     _add_config_option(p)
     p.set_defaults(handler=_run_stats)
+
+
+def _add_retrain(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "retrain",
+        help="update a stage's live model with the labels given on the review page",
+        description="Train on the example folders the live checkpoint was trained from plus "
+        "every file labelled on the review page, hold out about a third of the labels (by "
+        "generation) for the gate, and publish only what the gate passes; a running "
+        "gensift watch reloads it. By default a fast update on the live model's frozen "
+        "features. Exit 0 when published (or, with --dry-run, when the gate passed), 1 "
+        "when the gate refused.",
+    )
+    p.add_argument("stage", choices=["quality", "feature"], help="which stage")
+    p.add_argument("--dry-run", action="store_true", help="train and report, publish nothing")
+    p.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="train every layer from the live weights (slower) instead of a new head on "
+        "the frozen backbone",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="the example folders (default: the ones the live checkpoint records)",
+    )
+    _add_config_option(p)
+    p.set_defaults(handler=_run_retrain)
 
 
 def _port(text: str) -> int:
@@ -641,6 +671,19 @@ def _run_stats(args: argparse.Namespace) -> int:
     from gensift.daemon.commands.labels import show_stats
 
     return show_stats(_settings(args), as_json=args.json, out=sys.stdout)
+
+
+def _run_retrain(args: argparse.Namespace) -> int:
+    from gensift.daemon.commands.retrain import format_result, retrain
+
+    settings = _settings(args)
+    result = retrain(
+        settings, args.stage, dry_run=args.dry_run, fine_tune=args.fine_tune, data=args.data,
+        out=sys.stdout,
+    )  # fmt: skip
+    format_result(result, args.stage, sys.stdout)
+    passed = bool(result.verdict.get("passed"))
+    return EXIT_OK if (result.published or (args.dry_run and passed)) else EXIT_FAILURE
 
 
 def _print_report(metrics: dict, **where: str) -> None:

@@ -144,6 +144,7 @@ class TrainOptions:
     workers: int | None = None
     seed: int = 0
     force: bool = False  # publish even if the gate refuses
+    data_source: Path | None = None  # the examples ``data`` is a view of (gensift retrain)
 
 
 @dataclass(frozen=True)
@@ -882,6 +883,7 @@ def _finish(
                 "selection_count": len(split.selection),
                 "groups": split.groups,
                 "gate": verdict.to_json(),
+                "data": str((opts.data_source or opts.data).resolve()),
             },
             data_fingerprint=scan.fingerprint(),
             backbone_digest=backbone_digest(state),
@@ -907,7 +909,7 @@ def _finish(
             "arch": opts.arch,
             "checkpoint": str(opts.out),
             "checkpoint_id": meta.id,
-            "data": str(opts.data),
+            "data": str((opts.data_source or opts.data).resolve()),
             "data_fingerprint": meta.data_fingerprint,
             "val_accuracy_interval": verdict.accuracy.to_json(),
             "split": split.summary(),
