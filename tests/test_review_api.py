@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from watchkit import daemon_thread, logged
 
 from gensift.daemon.cli import main
-from gensift.daemon.commands.labels import current_labels
+from gensift.daemon.commands.labels import current_labels, find_hand_moves, record_hand_moves
 from gensift.daemon.review.guard import Secrets
 from gensift.daemon.review.server import build_review, create_app
 from gensift.daemon.routing.journal import Journal
@@ -348,3 +348,28 @@ def test_gensift_review_serves_until_ctrl_c_and_prints_the_tokened_url(scene: Sc
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
+
+
+def test_files_moved_by_hand_between_gensifts_folders_become_labels(scene: Scene) -> None:
+    root = scene.root
+    (root / "cat" / "cat_0.png").rename(root / "dog" / "was_cat.png")  # another class
+    (root / "_review" / "uncertain_0.png").rename(root / "fox" / "uncertain_0.png")
+    (root / "_rejected" / "broken_0.png").rename(root / "cat" / "broken_0.png")  # rescued
+    (root / "dog" / "dog_1.png").rename(root / "_rejected" / "dog_1.png")  # culled
+    (root / "fox" / "fox_0.png").rename(root / "fox" / "renamed.png")  # same class: nothing
+    (root / "cat" / "mine.png").write_bytes(b"not gensift's")  # not in the journal: nothing
+    moves = {(m.path.name, m.stage, m.label) for m in find_hand_moves(scene.settings)}
+    assert moves == {
+        ("was_cat.png", "feature", "dog"),
+        ("uncertain_0.png", "feature", "fox"),
+        ("broken_0.png", "feature", "cat"),
+        ("broken_0.png", "quality", "keep"),
+        ("dog_1.png", "quality", "reject"),
+    }
+    found = find_hand_moves(scene.settings)
+    assert record_hand_moves(scene.settings, found) == 5
+    assert record_hand_moves(scene.settings, found) == 0  # recorded once
+    with Journal.open(scene.journal) as journal:
+        standing = current_labels(journal.labels())
+    assert standing[(scene.files["cat_0.png"], "feature")].label == "dog"
+    assert {x.source for x in standing.values()} == {"moved"}

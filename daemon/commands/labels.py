@@ -1,5 +1,6 @@
 """``gensift labels`` and ``gensift stats``: what people said about files on the review
-page, and the live precision their audit answers measure (:mod:`routing.audit`).
+page, and the live precision their audit answers measure (:mod:`routing.audit`); and
+the corrections they made by hand in a file manager (:func:`find_hand_moves`).
 
 Label events are append-only (``Journal.add_label``); a file's label for a stage is
 its newest event that was not withdrawn (undo withdraws). Labels are keyed by content
@@ -8,14 +9,18 @@ hash, so they follow a file through moves and renames.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from gensift.daemon.config import Settings
 from gensift.daemon.routing.audit import live_precision, recorded_target
 from gensift.daemon.routing.journal import Journal, Label
+from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR
 
 
 def current_labels(events: Iterable[Label]) -> dict[tuple[str, str], Label]:
@@ -88,3 +93,75 @@ def show_stats(settings: Settings, *, as_json: bool, out: TextIO) -> int:
         for r in rows:
             print(f"  {r.describe()}", file=out)
     return 1 if any(r.below_target for r in rows) else 0
+
+
+@dataclass(frozen=True)
+class HandMove:
+    """A file gensift placed that the user has since moved to another of its folders."""
+
+    path: Path
+    sha256: str
+    stage: str
+    label: str
+    placed_in: str
+
+
+def find_hand_moves(settings: Settings, reject_label: str = "reject") -> list[HandMove]:
+    """Files under the output root that are not where the journal put them, but in another
+    of gensift's folders: moved by hand (a file manager) from one class to another, out of
+    ``_review/`` into a class, or into or out of ``_rejected/``. Each is a correction.
+
+    Only files at a path no journal row placed are read (their content hash finds the row
+    that placed that content), so a sorted archive costs a directory walk.
+    """
+    root = settings.output.root
+    with Journal.open_readonly(settings.journal.path) as journal:
+        placed = journal.placed()
+    where_placed = {e.destination for e in placed if e.destination is not None}
+    by_hash = {}
+    for e in reversed(placed):  # oldest first: the newest placement of a content wins
+        by_hash[e.sha256] = e
+    moves: list[HandMove] = []
+    try:
+        folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return moves
+    for folder in folders:
+        try:
+            files = [p for p in folder.iterdir() if p.is_file() and p not in where_placed]
+        except OSError:
+            continue
+        for path in files:
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue
+            entry = by_hash.get(digest)
+            if entry is None or entry.destination is None:
+                continue  # not a file gensift placed (the user's own, or an example)
+            before = entry.folder
+            if before == folder.name:
+                continue  # renamed within its folder: no new information
+            if folder.name == REJECTED_DIR:
+                moves.append(HandMove(path, digest, "quality", reject_label, before or ""))
+            elif folder.name == REVIEW_DIR:
+                continue  # put back for review: no answer yet
+            else:
+                moves.append(HandMove(path, digest, "feature", folder.name, before or ""))
+                if before == REJECTED_DIR:
+                    moves.append(HandMove(path, digest, "quality", "keep", before))
+    return moves
+
+
+def record_hand_moves(settings: Settings, moves: Iterable[HandMove]) -> int:
+    """Append a ``moved`` label for each hand move whose label does not already stand."""
+    added = 0
+    with Journal.open(settings.journal.path) as journal:
+        standing = current_labels(journal.labels())
+        for m in moves:
+            now = standing.get((m.sha256, m.stage))
+            if now is not None and now.label == m.label:
+                continue
+            journal.add_label(m.sha256, m.stage, m.label, "moved", path=m.path)
+            added += 1
+    return added

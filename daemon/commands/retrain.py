@@ -6,7 +6,8 @@ What it trains on:
   or its report's ``metrics.json``; ``--data`` overrides), and
 * every file labelled on the review page for this stage (the labels that stand,
   :func:`~gensift.daemon.commands.labels.current_labels`) that still exists, found by its
-  content hash wherever it was moved since.
+  content hash wherever it was moved since, and every file the user moved by hand from
+  one of gensift's folders to another (recorded as ``moved`` labels first).
 
 What judges it: a slice of the user's labels, held out by groups (variants of one
 generation stay on one side; about a third of each class's label groups), with every
@@ -39,10 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gensift.daemon.commands.labels import current_labels
+from gensift.daemon.commands.labels import (
+    HandMove,
+    current_labels,
+    find_hand_moves,
+    record_hand_moves,
+)
 from gensift.daemon.config import Settings
 from gensift.daemon.routing.fileops import same_content
-from gensift.daemon.routing.journal import Journal
+from gensift.daemon.routing.journal import Journal, Label
 from gensift.models.errors import InputError
 from gensift.models.stats import Proportion
 
@@ -63,6 +69,7 @@ class RetrainData:
     held_out_labels: dict[str, int] = field(default_factory=dict)
     topped_up: dict[str, int] = field(default_factory=dict)  # class -> example images moved
     gone: int = 0  # labelled files no longer anywhere
+    hand_moves: int = 0  # files the user moved between gensift's folders by hand
 
 
 @dataclass
@@ -124,6 +131,7 @@ def gather(
     reject_class: str | None = None,
     keep_class: str | None = None,
     seed: int = 0,
+    extra: Sequence[HandMove] = (),
 ) -> RetrainData:
     """Lay out ``work/train/<class>/`` and ``work/held_out/<class>/`` (links, else copies)."""
     from gensift.models.data import IMAGE_SUFFIXES
@@ -132,6 +140,9 @@ def gather(
     with Journal.open_readonly(settings.journal.path) as journal:
         standing = current_labels(journal.labels())
         placed = {e.sha256: e for e in reversed(journal.placed())}  # newest last wins
+    for m in extra:  # hand moves not recorded (a dry run): as if they were
+        standing[(m.sha256, m.stage)] = Label(-1, "", m.sha256, m.stage, m.label, "moved",
+                                              None, m.path, None)  # fmt: skip
     by_class: dict[str, list[Path]] = defaultdict(list)
     for (sha256, label_stage), label in standing.items():
         if label_stage != stage or label.label is None:
@@ -273,12 +284,18 @@ def retrain(
         keep_class = keeps[0] if len(keeps) == 1 else None
     work_root = settings.journal.path.parent
     work_root.mkdir(parents=True, exist_ok=True)
+    # corrections made in a file manager become labels too (recorded unless a dry run)
+    moves = find_hand_moves(settings, reject_class or "reject")
+    if moves and not dry_run:
+        record_hand_moves(settings, moves)
     with tempfile.TemporaryDirectory(prefix="retrain-", dir=work_root) as tmp:
         work = Path(tmp)
         gathered = gather(
             settings, stage, meta.classes, examples, work,
             reject_class=reject_class, keep_class=keep_class, seed=seed,
+            extra=moves if dry_run else (),
         )  # fmt: skip
+        gathered.hand_moves = len(moves)
         if not sum(gathered.labelled.values()):
             raise InputError(
                 f"no {stage} labels to learn from yet: label files with gensift review"
@@ -428,6 +445,8 @@ def _describe(d: RetrainData) -> str:
         text += "; held out from the examples too: " + ", ".join(
             f"{c} {n}" for c, n in topped.items()
         )
+    if d.hand_moves:
+        text += f"; {d.hand_moves} file(s) you moved by hand between gensift's folders count"
     if d.gone:
         text += f"; {d.gone} labelled file(s) no longer exist"
     return text

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gensift.daemon.config import OutputSettings
-from gensift.daemon.review.queues import QueueName, folder_of
+from gensift.daemon.review.queues import QueueName
 from gensift.daemon.routing.fileops import same_content, shown
 from gensift.daemon.routing.journal import Entry, Journal, Label
 from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR, Decision, FileInfo, FileState
@@ -63,7 +63,7 @@ class Done:
         return {
             "label": self.label.to_json(),
             "entry": None if self.entry is None else self.entry.id,
-            "folder": None if self.entry is None else folder_of(self.entry),
+            "folder": None if self.entry is None else self.entry.folder,
             "destination": None
             if self.entry is None or self.entry.destination is None
             else shown(self.entry.destination),
@@ -95,7 +95,7 @@ class Reviewer:
             stage, label, folder = self._target(entry, verb, cls)
             moved = None
             note = ""
-            if folder is not None and folder != folder_of(entry):
+            if folder is not None and folder != entry.folder:
                 moved, note = self._move(journal, entry, folder, label)
             event = journal.add_label(
                 entry.sha256,

@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from gensift.daemon.routing.journal import Entry, Journal
-from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR
 
 QueueName = Literal["review", "audit", "rejected", "recent"]
 QUEUES: tuple[QueueName, ...] = ("review", "audit", "rejected", "recent")
@@ -115,12 +114,3 @@ class Queues:
     def _shuffled(self, entry: Entry) -> str:
         """A random order, the same for the life of the server (paging stays stable)."""
         return hashlib.sha256(f"{self._seed}:{entry.id}".encode()).hexdigest()
-
-
-def folder_of(entry: Entry) -> str | None:
-    """The folder under the output root the file is in now (a class, ``_review``, ...)."""
-    if entry.action == "quarantine":
-        return REJECTED_DIR
-    if entry.action == "review":
-        return REVIEW_DIR
-    return entry.label

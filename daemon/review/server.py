@@ -44,7 +44,7 @@ from starlette.templating import Jinja2Templates
 from gensift.daemon.config import Settings
 from gensift.daemon.review.actions import VERBS, ActionError, Reviewer
 from gensift.daemon.review.guard import LOOPBACK, Guard, Secrets, servable
-from gensift.daemon.review.queues import QUEUES, Queues, folder_of
+from gensift.daemon.review.queues import QUEUES, Queues
 from gensift.daemon.review.thumbs import Thumbnails
 from gensift.daemon.routing.audit import LivePrecision, live_precision, recorded_target
 from gensift.daemon.routing.fileops import shown
@@ -274,7 +274,7 @@ _PRIVATE_CACHE = {"Cache-Control": "private, max-age=3600"}
 
 
 def item_json(entry: Entry) -> dict[str, Any]:
-    folder = folder_of(entry)
+    folder = entry.folder
     return {
         "id": entry.id,
         "name": shown(entry.destination.name if entry.destination else entry.source.name),

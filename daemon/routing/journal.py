@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from gensift.daemon.routing.fileops import shown
-from gensift.daemon.routing.records import DECIDED_STATES, Decision, FileInfo, FileState
+from gensift.daemon.routing.records import (
+    DECIDED_STATES,
+    REJECTED_DIR,
+    REVIEW_DIR,
+    Decision,
+    FileInfo,
+    FileState,
+)
 from gensift.models.errors import RuntimeProblem
 
 SCHEMA_VERSION = 2
@@ -113,6 +120,16 @@ class Entry:
     state: FileState
     note: str
     undoes: int | None
+
+    @property
+    def folder(self) -> str | None:
+        """The folder under the output root this row put the file in (a class, ``_review``,
+        ``_rejected``), if it moved one there."""
+        if self.action == "quarantine":
+            return REJECTED_DIR
+        if self.action == "review":
+            return REVIEW_DIR
+        return self.label if self.action == "move" else None
 
     @property
     def actor(self) -> str:
