@@ -224,6 +224,7 @@ class OutputSettings(_Section):
     reject_action: Literal["quarantine", "trash", "delete"] = "quarantine"
     uncertain_action: Literal["leave", "review"] = "leave"
     on_conflict: Literal["rename", "skip"] = "rename"
+    sidecars: Literal["none", "xmp"] = "none"
 
 
 class InferenceSettings(_Section):

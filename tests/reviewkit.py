@@ -78,12 +78,20 @@ def probabilities(top: str, p: float) -> dict[str, dict[str, float]]:
     return {"quality": {"keep": 0.97, "reject": 0.03}, "feature": feature}
 
 
-def make_scene(tmp_path: Path, *, review: int = 4, moved: int = 3, rejected: int = 2) -> Scene:
+def make_scene(
+    tmp_path: Path,
+    *,
+    review: int = 4,
+    moved: int = 3,
+    rejected: int = 2,
+    config_ready: bool = False,
+) -> Scene:
     """``review`` uncertain files (margins growing with their number), ``moved`` automatic
-    moves into each class, ``rejected`` quarantined files; class folders for every class."""
+    moves into each class, ``rejected`` quarantined files; class folders for every class.
+    ``config_ready``: the test wrote (and changed) ``config.toml`` itself."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    config = write_scene_config(tmp_path)
+    config = tmp_path / "config.toml" if config_ready else write_scene_config(tmp_path)
     settings = load_config(config)
     scene = Scene(settings.output.root, inbox, settings.journal.path, config, settings)
     plan: list[tuple[str, Decision]] = []

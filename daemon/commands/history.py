@@ -86,10 +86,34 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
             result.scope = f"the last run ({run})" if run else "the journal (no moves yet)"
         undo_run = new_run_id("undo")
         claimed: set[Path] = set()
-        for entry in reversed(entries):  # oldest first
+        for entry in chained_order(list(reversed(entries))):  # oldest first, chains back
             outcome = restore(journal, entry, undo_run, dry_run=dry_run, claimed=claimed)
             result.outcomes.append((entry, outcome))
     return result
+
+
+def chained_order(oldest_first: list[Entry]) -> list[Entry]:
+    """Oldest first, except that a file moved on again (by the review page, say: from
+    ``_review/`` into a class) has its later move undone before the earlier one, so
+    that the earlier one finds the file back where it put it."""
+    later: dict[Path, list[Entry]] = {}
+    for e in oldest_first:
+        later.setdefault(e.source, []).append(e)
+    done: set[int] = set()
+    order: list[Entry] = []
+
+    def visit(e: Entry) -> None:
+        if e.id in done:
+            return
+        done.add(e.id)
+        for nxt in later.get(e.destination, []) if e.destination is not None else []:
+            if nxt.id > e.id:
+                visit(nxt)
+        order.append(e)
+
+    for e in oldest_first:
+        visit(e)
+    return order
 
 
 def format_undo(result: UndoResult, *, dry_run: bool, out: TextIO) -> None:

@@ -26,6 +26,7 @@ from gensift.daemon.routing.folders import ClassFolders
 from gensift.daemon.routing.journal import Entry, Journal
 from gensift.daemon.routing.records import Decision, FileInfo, FileState
 from gensift.daemon.routing.router import Outcome
+from gensift.daemon.routing.sidecars import remove_sidecar
 
 
 def repair(journal: Journal, output_root: Path | None = None) -> int:
@@ -214,4 +215,5 @@ def restore(
             journal.finish(entry_id, FileState.FAILED, str(exc))
             return Outcome(back, decision, target, FileState.FAILED, str(exc))
         journal.finish(entry_id, FileState.DONE, note)
+        remove_sidecar(entry.destination)  # the file left the output root: its sidecar too
         return Outcome(back, decision, target, FileState.DONE, note)

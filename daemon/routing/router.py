@@ -34,6 +34,7 @@ from gensift.daemon.routing.fileops import (
 from gensift.daemon.routing.folders import ClassFolders
 from gensift.daemon.routing.journal import Journal
 from gensift.daemon.routing.records import Decision, FileInfo, FileState
+from gensift.daemon.routing.sidecars import remove_sidecar, write_sidecar
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ class Router:
             except OSError as exc:
                 return self._failed(file, decision, dst, entry_id, exc, checkpoints)
             self.journal.finish(entry_id, FileState.DONE)
+            if self.output.sidecars == "xmp":
+                write_sidecar(dst, decision, checkpoints, folder)
+                remove_sidecar(file.path)  # the one it had at its last place, if ours
             return Outcome(file, decision, dst, FileState.DONE, decision.note, checkpoints)
 
     def _taken(self, path: Path) -> bool:
