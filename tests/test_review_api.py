@@ -373,3 +373,14 @@ def test_files_moved_by_hand_between_gensifts_folders_become_labels(scene: Scene
         standing = current_labels(journal.labels())
     assert standing[(scene.files["cat_0.png"], "feature")].label == "dog"
     assert {x.source for x in standing.values()} == {"moved"}
+
+
+def test_undoing_an_automatic_quarantine_is_a_keep_label(scene: Scene) -> None:
+    assert main(["undo", "-c", str(scene.config)]) == 0  # the last run: the scene's sort
+    with Journal.open(scene.journal) as journal:
+        standing = current_labels(journal.labels())
+    for name in ("broken_0.png", "broken_1.png"):
+        label = standing[(scene.files[name], "quality")]
+        assert (label.label, label.source) == ("keep", "undo")
+    # a class move undone says only that the class was wrong: no label (there is no "not")
+    assert (scene.files["cat_0.png"], "feature") not in standing

@@ -89,6 +89,10 @@ def run_undo(settings: Settings, since: timedelta | None, *, dry_run: bool = Fal
         for entry in chained_order(list(reversed(entries))):  # oldest first, chains back
             outcome = restore(journal, entry, undo_run, dry_run=dry_run, claimed=claimed)
             result.outcomes.append((entry, outcome))
+            wrong_cull = entry.actor == "gensift" and entry.action == "quarantine"
+            if outcome.state == FileState.DONE and wrong_cull:  # a keep label
+                journal.add_label(entry.sha256, "quality", "keep", "undo",
+                                  entry=entry.id, path=outcome.destination)  # fmt: skip
     return result
 
 
