@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -157,3 +158,27 @@ def log_lines() -> list[str]:
     lines: list[str] = []
     logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
     return lines
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "/usr/lib/chromium/chromium"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's Chromium through Playwright: skipped with the reason where there is none,
+    unless GENSIFT_REQUIRE_BROWSER=1 (``.ci/run`` sets it once it installed one)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = _chromium()
+    if executable is None:
+        if os.environ.get("GENSIFT_REQUIRE_BROWSER") == "1":
+            pytest.fail("GENSIFT_REQUIRE_BROWSER=1 but no chromium is installed")
+        pytest.skip("no Chromium here: apt-get install chromium (see .ci/run)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -22,7 +22,7 @@ from watchkit import daemon_thread, final_rows, logged, wait_for
 from gensift.daemon.cli import main
 from gensift.daemon.commands.retrain import retrain
 from gensift.daemon.config import load_config
-from gensift.daemon.review.server import build_review
+from gensift.daemon.review.server import PageServer, build_review
 from gensift.daemon.routing.journal import Journal, new_run_id
 from gensift.daemon.routing.records import Decision, FileInfo
 from gensift.daemon.routing.router import Router
@@ -144,3 +144,30 @@ def test_dry_run_publishes_nothing_and_no_labels_is_a_clear_error(
     assert "dry run: nothing was published" in capsys.readouterr().out
     assert live.read_bytes() == before
     assert not list(live.parent.glob("*.candidate*"))
+
+
+@pytest.mark.timeout(1200)
+def test_the_pages_retrain_button_runs_retrain_and_shows_its_progress(
+    tmp_path: Path, setup: tuple[Path, Path], browser: object
+) -> None:
+    config, live = setup
+    old_id = read_checkpoint(live)[1].id
+    label_violet(config, 90)
+    server = PageServer(build_review(load_config(config))).start()
+    try:
+        secrets = server.review.secrets
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(f"http://127.0.0.1:{secrets.port}/queue/review?token={secrets.token}")
+        page.wait_for_function("window.gensift && window.gensift.ready")
+        page.click("#retrain")
+        page.wait_for_selector("#progress-result.ok", timeout=600_000)
+        assert "published" in page.inner_text("#progress-result")
+        lines = page.inner_text("#progress-lines")
+        assert "retrain: 90 labelled file(s)" in lines and "gate: passed" in lines
+        assert "training feature stage" in lines  # the training log, as it ran
+        page.screenshot(path=str(tmp_path / "retrain.png"))
+        assert server.review.retraining.status()["running"] is False
+    finally:
+        server.review.retraining.join(600)
+        server.stop()
+    assert read_checkpoint(live)[1].id != old_id

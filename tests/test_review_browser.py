@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,29 +21,6 @@ from watchkit import wait_for
 from gensift.daemon.commands.labels import current_labels
 from gensift.daemon.review.server import PageServer, build_review
 from gensift.daemon.routing.journal import Journal
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "/usr/lib/chromium/chromium"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    executable = _chromium()
-    if executable is None:
-        if os.environ.get("GENSIFT_REQUIRE_BROWSER") == "1":
-            pytest.fail("GENSIFT_REQUIRE_BROWSER=1 but no chromium is installed")
-        pytest.skip("no Chromium here: apt-get install chromium (see .ci/run)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

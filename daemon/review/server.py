@@ -55,6 +55,90 @@ from gensift.models.genparams import read_parameters
 HERE = Path(__file__).parent
 
 
+class RetrainJob:
+    """One ``gensift retrain`` at a time, run from the page in a thread, its output kept."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.stage: str | None = None
+        self.lines: list[str] = []
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    def start(self, stage: str) -> bool:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return False
+            self.stage, self.lines, self.result, self.error = stage, [], None, None
+            self._thread = threading.Thread(
+                target=self._run, args=(stage,), name="review-retrain", daemon=True
+            )
+            self._thread.start()
+            return True
+
+    def status(self) -> dict[str, Any]:
+        running = self._thread is not None and self._thread.is_alive()
+        return {
+            "running": running,
+            "stage": self.stage,
+            "lines": list(self.lines[-200:]),
+            "result": self.result,
+            "error": self.error,
+        }
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, stage: str) -> None:
+        from gensift.daemon.commands.retrain import format_result, retrain
+        from gensift.models.errors import InputError, RuntimeProblem
+
+        me = threading.get_ident()
+        sink = logger.add(
+            lambda m: self.lines.append(str(m).rstrip()),
+            level="INFO",
+            format="{message}",
+            filter=lambda record: record["thread"].id == me,
+        )
+        out = _Lines(self.lines)
+        try:
+            result = retrain(self.settings, stage, out=out)  # type: ignore[arg-type]
+            format_result(result, stage, out)  # type: ignore[arg-type]
+            self.result = {
+                "published": result.published,
+                "passed": bool(result.verdict.get("passed")),
+                "before": None if result.accuracy_before is None else str(result.accuracy_before),
+                "after": None if result.accuracy_after is None else str(result.accuracy_after),
+            }
+        except (InputError, RuntimeProblem) as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the page shows it; the server goes on
+            logger.exception("retrain from the review page failed")
+            self.error = f"retrain failed: {exc}"
+        finally:
+            logger.remove(sink)
+
+
+class _Lines:
+    """A text stream that keeps whole lines in a list (what the page polls)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self._part = ""
+
+    def write(self, text: str) -> int:
+        self._part += text
+        *whole, self._part = self._part.split("\n")
+        self.lines.extend(whole)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 @dataclass
 class Review:
     """Everything one page server knows: settings, tokens, queues, the actor."""
@@ -64,6 +148,7 @@ class Review:
     queues: Queues
     reviewer: Reviewer
     thumbs: Thumbnails
+    retraining: RetrainJob
 
     def open_journal(self) -> Journal:
         return Journal.open(self.settings.journal.path)
@@ -114,7 +199,7 @@ def build_review(settings: Settings, secrets_: Secrets | None = None) -> Review:
         lambda: known_classes(settings, open_journal),
     )
     cache = settings.journal.path.parent / "thumbnails"
-    return Review(settings, secrets_, queues, reviewer, Thumbnails(cache))
+    return Review(settings, secrets_, queues, reviewer, Thumbnails(cache), RetrainJob(settings))
 
 
 def create_app(review: Review) -> Starlette:
@@ -249,6 +334,20 @@ def create_app(review: Review) -> Starlette:
         live = await run_in_threadpool(review.live)
         return JSONResponse({"live_precision": [x.to_json() for x in live]})
 
+    async def retrain_start(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        stage = body.get("stage", "feature")
+        if stage not in ("quality", "feature"):
+            return _bad("stage must be quality or feature")
+        if not review.retraining.start(stage):
+            return JSONResponse({"error": "a retrain is already running"}, status_code=409)
+        return JSONResponse(review.retraining.status())
+
+    async def retrain_status(request: Request) -> Response:
+        return JSONResponse(review.retraining.status())
+
     async def counts(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(review.queues.counts))
 
@@ -263,6 +362,8 @@ def create_app(review: Review) -> Starlette:
             Route("/api/undo", undo, methods=["POST"]),
             Route("/api/counts", counts),
             Route("/api/stats", stats),
+            Route("/api/retrain", retrain_start, methods=["POST"]),
+            Route("/api/retrain", retrain_status, methods=["GET"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
     )

@@ -189,6 +189,36 @@
     show(i);
   }));
 
+  // Retrain: the same `gensift retrain feature`, in the page's server; its output polled
+  const progress = document.getElementById("progress");
+  const progressLines = document.getElementById("progress-lines");
+  const progressResult = document.getElementById("progress-result");
+  const poll = async () => {
+    const response = await fetch("/api/retrain", { credentials: "same-origin" });
+    const job = await response.json();
+    progressLines.textContent = job.lines.join("\n");
+    progressLines.scrollTop = progressLines.scrollHeight;
+    if (job.running) { setTimeout(poll, 1000); return; }
+    progressResult.textContent = job.error ? job.error :
+      job.result.published ? `published: ${job.result.before} → ${job.result.after} on your held-out labels` :
+      "the gate refused the new model; the live one stays";
+    progressResult.className = job.error || !job.result.published ? "bad" : "ok";
+    recount();
+  };
+  document.getElementById("retrain").addEventListener("click", async (event) => {
+    event.currentTarget.blur();  // Enter belongs to the grid, not to this button
+    progress.hidden = false;
+    progressLines.textContent = "starting…";
+    progressResult.textContent = "";
+    try {
+      await post("/api/retrain", { stage: "feature" });
+    } catch (e) {
+      if (!/already running/.test(e.message)) { progressResult.textContent = e.message; return; }
+    }
+    poll();
+  });
+  document.getElementById("progress-close").addEventListener("click", () => { progress.hidden = true; });
+
   window.gensift = { ready: true };
   show(0);
 })();
