@@ -10,6 +10,8 @@ Debian's Chromium (Playwright):
 * **first grid**: from navigation to the review queue until every thumbnail in view is
   drawn (the rest of the page's 60 load lazily as you scroll), with cold thumbnails (made
   on request) and again warm (cached);
+* **server start**: until the server answers, having read the journal (before the URL
+  is printed, so the first page does not pay for it);
 * **keypress**: from pressing a class key until the page shows the file moved (the
   move, its journal rows and the label are done by then), over ``--actions`` presses.
 
@@ -84,10 +86,18 @@ def measure(config: Path, actions: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     settings = load_config(config)
-    server = PageServer(build_review(settings)).start()
+    started = time.perf_counter()
+    server = PageServer(build_review(settings)).start()  # reads the journal before serving
+    start = time.perf_counter() - started
     secrets = server.review.secrets
     base = f"http://127.0.0.1:{secrets.port}"
-    times: dict[str, list[float]] = {"floor": [], "cold": [], "warm": [], "keypress": []}
+    times: dict[str, list[float]] = {
+        "server start (journal read)": [start],
+        "floor": [],
+        "cold": [],
+        "warm": [],
+        "keypress": [],
+    }
     chromium = shutil.which("chromium") or "/usr/lib/chromium/chromium"
     try:
         with sync_playwright() as p:

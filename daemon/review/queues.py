@@ -73,6 +73,7 @@ class Queues:
         self._version: tuple[int, int] | None = None
         self._placed: list[Entry] = []
         self._audited: frozenset[str] = frozenset()
+        self._sorted: dict[QueueName, Sequence[Entry]] = {}  # per journal version
 
     def refresh(self) -> None:
         with self._lock, self._open() as journal:
@@ -81,11 +82,19 @@ class Queues:
                 return
             self._placed = journal.placed()
             self._audited = frozenset(journal.labelled_hashes(source="audit"))
+            self._sorted = {}
             self._version = version
 
     def entries(self, queue: QueueName) -> Sequence[Entry]:
         self.refresh()
-        placed, audited = self._placed, self._audited  # one consistent snapshot
+        with self._lock:
+            cached = self._sorted.get(queue)
+            if cached is None:
+                cached = self._sorted[queue] = self._entries(queue)
+            return cached
+
+    def _entries(self, queue: QueueName) -> Sequence[Entry]:
+        placed, audited = self._placed, self._audited
         if queue == "review":
             return sorted((e for e in placed if e.action == "review"), key=margin)
         if queue == "rejected":

@@ -446,6 +446,7 @@ class PageServer:
 
         self.sock = bind(port)
         review.secrets.port = self.sock.getsockname()[1]
+        review.queues.refresh()  # read the journal now, not on the first page's clock
         self.review = review
         config = uvicorn.Config(
             create_app(review), log_level="warning", access_log=False, lifespan="off"
