@@ -47,10 +47,16 @@ def test_demo_runs_the_loop_and_its_table_matches_the_disk(
     folder = tmp_path / "demo"
     assert main(["demo", "--dir", str(folder), "--device", "cpu", *SMALL]) == 0
     out = capsys.readouterr().out
+    print(out)  # shown when the test fails
     rows = parse_table(out)
     folder = folder.resolve()
 
     assert len(rows) == 8
+    # the mistakes the demo corrected afterwards, as a user would on the review page
+    corrected = dict(re.findall(r"^  corrected (\S+): \S*/ -> (\S+)$", out, re.MULTILINE))
+    for row in rows:
+        if row["file"] in corrected:
+            row["now at"] = corrected[row["file"]]
     where = {row["file"]: folder / row["now at"] for row in rows}
     for row in rows:
         assert (folder / row["now at"]).is_file(), row
@@ -78,6 +84,9 @@ def test_demo_runs_the_loop_and_its_table_matches_the_disk(
     assert (folder / "models" / "quality.report" / "metrics.json").is_file()
     assert (folder / "models" / "feature.report" / "metrics.json").is_file()
     assert f"gensift history -c {folder / 'gensift.toml'}" in out
+    assert f"gensift review -c {folder / 'gensift.toml'}" in out
+    if any(r for r in corrected):  # the loop: corrections, a retrain, the gate's word
+        assert "gensift retrain feature" in out or "a mistake" in out
 
     # the config it leaves works with the other commands
     assert main(["history", "-c", str(folder / "gensift.toml"), "--limit", "3"]) == 0

@@ -56,6 +56,8 @@ from gensift.models.stats import Proportion
 HOLD_OUT = 0.34
 #: a class needs this many held-out groups for the gate to judge it
 MIN_HELD_OUT_GROUPS = 2
+#: with few labels, the share of a class's example groups held out (as ``--val-split``)
+EXAMPLES_HELD_OUT = 0.2
 
 
 @dataclass
@@ -182,10 +184,10 @@ def gather(
         rng.shuffle(groups)
         room = max(0, len(groups) - 1) if not data.labelled[name] else len(groups)
         most = min(room, max(MIN_HELD_OUT_GROUPS, round(len(groups) * HOLD_OUT)))
+        # at least the slice an ordinary split would hold out, counting the labels held out
+        floor = max(MIN_HELD_OUT_GROUPS, round(len(groups) * EXAMPLES_HELD_OUT))
         take, images = 0, data.held_out_labels[name]
-        while take < most and (
-            images < target or len(held_labels[name]) + take < MIN_HELD_OUT_GROUPS
-        ):
+        while take < most and (images < target or len(held_labels[name]) + take < floor):
             images += len(groups[take])
             take += 1
         if len(held_labels[name]) + take < MIN_HELD_OUT_GROUPS:

@@ -6,7 +6,10 @@
 4. a simulated generator writes images there, some the way the Stable Diffusion WebUI
    does (a temporary name, then a rename, in a dated subfolder) and some the way ComfyUI
    does (written in place, in pieces);
-5. stop the daemon cleanly and print what went where and why.
+5. stop the daemon cleanly and print what went where and why;
+6. correct the model's mistakes (the demo knows what it drew) through the same code the
+   review page uses, retrain each stage that got labels behind the publish gate
+   (``gensift retrain``), and print what changed and the ``gensift review`` command.
 
 Everything stays in one folder for the user to look at, and the config written there
 works with every other command (``gensift history -c <dir>/gensift.toml``, ``undo``...).
@@ -83,12 +86,23 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Correction:
+    """A mistake the demo corrected the way a user would on the review page."""
+
+    file: str
+    stage: str
+    was: str
+    now: Path
+
+
+@dataclass(frozen=True)
 class DemoResult:
     folder: Path
     config: Path
     rows: list[Row]
     reports: dict[str, Path]
     exit_code: int  # the daemon's
+    corrections: list[Correction]
 
 
 def run_demo(opts: DemoOptions, out: TextIO) -> DemoResult:
@@ -124,8 +138,12 @@ def run_demo(opts: DemoOptions, out: TextIO) -> DemoResult:
     code = serving.code
     rows = [Row(g, entries.get(g.path)) for g in generated]
     say.table(folder, rows)
+    corrections = _correct(settings, rows, say)
+    for stage in ("quality", "feature"):
+        if any(c.stage == stage for c in corrections):
+            _retrain(settings, stage, out, say)
     say.closing(folder, config, settings, reports)
-    return DemoResult(folder, config, rows, reports, code)
+    return DemoResult(folder, config, rows, reports, code, corrections)
 
 
 # -- the folder -------------------------------------------------------------------------------
@@ -165,7 +183,7 @@ settle_seconds = 1.0
 [output]
 root = {q(folder / "sorted")}
 reject_action = "quarantine"
-uncertain_action = "leave"
+uncertain_action = "review"
 
 [inference]
 device = "{opts.device}"
@@ -339,6 +357,62 @@ def _wait_for_decisions(
         time.sleep(0.25)
 
 
+# -- the learning loop ------------------------------------------------------------------------
+
+
+def _correct(settings: Settings, rows: list[Row], say: _Printer) -> list[Correction]:
+    """Each placed file the model got wrong or left for review, answered through the review
+    page's own code (a journalled move and a label, as pressing a class key or X would)."""
+    from gensift.daemon.review.actions import ActionError
+    from gensift.daemon.review.server import build_review
+    from gensift.daemon.routing.records import REJECTED_DIR
+
+    reviewer = build_review(settings).reviewer
+    done: list[Correction] = []
+    for row in rows:
+        e, truth = row.entry, row.generated.drawn_as
+        if e is None or e.destination is None or e.state not in DECIDED_STATES:
+            continue
+        if truth in SCENES and e.folder != truth:  # a mistake, or an open question
+            verb, cls, stage = "class", truth, "feature"
+        elif truth not in SCENES and truth != "mixed" and e.folder != REJECTED_DIR:
+            verb, cls, stage = "reject", None, "quality"
+        else:
+            continue
+        try:
+            result = reviewer.act(e.id, verb, "review", cls)  # type: ignore[arg-type]
+        except ActionError as exc:
+            say.step(f"could not correct {row.generated.path.name}: {exc}")
+            continue
+        now = (
+            result.entry.destination if result.entry and result.entry.destination else e.destination
+        )
+        done.append(Correction(row.generated.path.name, stage, e.folder or "", now))
+    if not done:
+        say.step("nothing to correct: the models got every file right and were sure of it")
+        return done
+    say.step(
+        f"answering {len(done)} file(s) the models got wrong or left in _review/, as you would "
+        "on the review page (gensift review): each is a journalled move and a label"
+    )
+    home = settings.output.root.parent
+    for c in done:
+        print(f"  corrected {c.file}: {c.was}/ -> {c.now.relative_to(home)}", file=say.out)
+    return done
+
+
+def _retrain(settings: Settings, stage: str, out: TextIO, say: _Printer) -> None:
+    from gensift.daemon.commands.retrain import format_result, retrain
+
+    say.step(f"gensift retrain {stage}: the examples plus your labels, behind the publish gate")
+    try:
+        result = retrain(settings, stage, out=out)
+    except InputError as exc:
+        say.step(f"retrain: {exc}")
+        return
+    format_result(result, stage, out)
+
+
 # -- what the user sees -----------------------------------------------------------------------
 
 
@@ -381,6 +455,7 @@ class _Printer:
         print(file=self.out)
         for label, count in sorted(counts.items()):
             print(f"  {count:>3}  {label}", file=self.out)
+        print(file=self.out)
 
     def closing(
         self, folder: Path, config: Path, settings: Settings, reports: dict[str, Path]
@@ -393,13 +468,14 @@ class _Printer:
         print(
             "\n'drawn as' is the truth. These models learnt from a few dozen drawn pictures in "
             "a few minutes, so a mistake or two is expected; what matters is that nothing is "
-            "deleted, whatever falls below a threshold stays where it was (`leave`), and every "
+            "deleted, whatever falls below a threshold waits in sorted/_review/ for you, and every "
             "move can be undone. Trained on your own examples from a pretrained backbone "
             "(`gensift train`'s defaults), they do far better.",
             file=self.out,
         )
         print(
-            f"\nEvery decision, with its probabilities: gensift history -c {config}\n"
+            f"\nLook at it all, with the keyboard: gensift review -c {config}\n"
+            f"Every decision, with its probabilities: gensift history -c {config}\n"
             f"Put everything back: gensift undo --since 1h -c {config}\n"
             f"Run the daemon yourself: gensift watch -c {config}",
             file=self.out,
