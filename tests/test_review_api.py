@@ -384,3 +384,26 @@ def test_undoing_an_automatic_quarantine_is_a_keep_label(scene: Scene) -> None:
         assert (label.label, label.source) == ("keep", "undo")
     # a class move undone says only that the class was wrong: no label (there is no "not")
     assert (scene.files["cat_0.png"], "feature") not in standing
+
+
+def test_a_repair_waits_for_a_page_action_under_way_and_the_other_way_round(
+    scene: Scene,
+) -> None:
+    import threading
+
+    from gensift.daemon.routing.lock import operation_lock
+    from gensift.daemon.routing.recovery import repair
+
+    finished = threading.Event()
+
+    def start_of_another_process() -> None:  # gensift watch / sort / undo starting up
+        with Journal.open(scene.journal) as journal:
+            repair(journal, scene.root)
+        finished.set()
+
+    with operation_lock(scene.journal):  # what the page holds for one action
+        other = threading.Thread(target=start_of_another_process)
+        other.start()
+        assert not finished.wait(0.5)  # the repair waits while the action is under way
+    assert finished.wait(30)  # and runs once it is done
+    other.join()

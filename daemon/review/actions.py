@@ -30,6 +30,7 @@ from gensift.daemon.config import OutputSettings
 from gensift.daemon.review.queues import QueueName
 from gensift.daemon.routing.fileops import same_content, shown
 from gensift.daemon.routing.journal import Entry, Journal, Label
+from gensift.daemon.routing.lock import operation_lock
 from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR, Decision, FileInfo, FileState
 from gensift.daemon.routing.recovery import restore
 from gensift.daemon.routing.router import Router
@@ -88,7 +89,7 @@ class Reviewer:
         self._lock = threading.Lock()
 
     def act(self, entry_id: int, verb: Verb, queue: QueueName, cls: str | None = None) -> Done:
-        with self._lock, self._open() as journal:
+        with self._lock, self._open() as journal, operation_lock(journal.path):
             entry = journal.get(entry_id)
             self._check_current(journal, entry)
             source = SOURCES[queue]
@@ -109,7 +110,7 @@ class Reviewer:
 
     def undo(self, label_id: int) -> Done:
         """Take back one action of the page: its move (if any) reversed, its label withdrawn."""
-        with self._lock, self._open() as journal:
+        with self._lock, self._open() as journal, operation_lock(journal.path):
             event = journal.label(label_id)
             if event.label is None:
                 raise ActionError("that action was already undone")

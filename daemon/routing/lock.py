@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +84,43 @@ class JournalLock:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+#: how long a file operation or a repair waits for the other to finish
+OPERATION_WAIT_SECONDS = 60.0
+
+
+@contextmanager
+def operation_lock(journal: Path | None, wait: float = OPERATION_WAIT_SECONDS) -> Iterator[None]:
+    """Held around each of the review page's file operations and around repair.
+
+    The page moves files under a journal while ``gensift watch`` (which holds the
+    :class:`JournalLock` for its whole life) runs; it never repairs. A repair starting
+    in another process at that moment would settle the page's row while its move is
+    under way. This short lock (``<journal>.ops.lock``) makes them take turns: each
+    holds it for one operation, or one repair, and waits for the other. ``journal``
+    None (an in-memory journal): no lock.
+    """
+    if journal is None:
+        yield
+        return
+    path = journal.with_name(journal.name + ".ops.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    deadline = time.monotonic() + wait
+    try:
+        while not _try_lock(handle):
+            if time.monotonic() > deadline:
+                raise JournalBusy(
+                    f"{journal}: another gensift process held {path.name} for over {wait:g} s"
+                )
+            time.sleep(0.02)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+    finally:
+        handle.close()
 
 
 def _try_lock(handle: IO[str]) -> bool:

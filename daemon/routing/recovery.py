@@ -24,6 +24,7 @@ from gensift.daemon.routing.fileops import (
 )
 from gensift.daemon.routing.folders import ClassFolders
 from gensift.daemon.routing.journal import Entry, Journal
+from gensift.daemon.routing.lock import operation_lock
 from gensift.daemon.routing.records import Decision, FileInfo, FileState
 from gensift.daemon.routing.router import Outcome
 from gensift.daemon.routing.sidecars import remove_sidecar
@@ -42,6 +43,11 @@ def repair(journal: Journal, output_root: Path | None = None) -> int:
     row still unsettled needs are removed (:func:`remove_temporaries`): repair
     first, so that a row it settles no longer holds on to its copy.
     """
+    with operation_lock(journal.path):  # not while the review page moves a file
+        return _repair(journal, output_root)
+
+
+def _repair(journal: Journal, output_root: Path | None) -> int:
     pending = journal.pending()
     for entry in pending:
         try:
