@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.cookiejar
+import re
 import signal
 import subprocess
 import sys
@@ -296,6 +297,9 @@ def test_audit_answers_give_live_precision_with_its_interval_and_count(
     assert main(["stats", "-c", str(scene.config)]) == 1  # a class is below target
     out = capsys.readouterr().out
     assert "6 audited" in out and "cat: 3/3" in out and "dog: 1/3" in out and "BELOW" in out
+    # and where files are now: what gensift placed, what the person moved
+    assert re.search(r"\b3\s+move\s+cat/\s+by gensift", out), out
+    assert re.search(r"\b1\s+quarantine\s+_rejected/\s+by human", out), out
 
 
 def test_the_daemon_says_at_start_up_when_live_precision_is_below_target(

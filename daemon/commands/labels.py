@@ -56,6 +56,13 @@ def show_labels(settings: Settings, *, as_json: bool, out: TextIO) -> int:
         )
         return 0
     print(f"{len(standing)} labelled files ({len(events)} label events)", file=out)
+    unrecorded = [
+        m for m in find_hand_moves(settings)
+        if (now := standing.get((m.sha256, m.stage))) is None or now.label != m.label
+    ]  # fmt: skip
+    if unrecorded:
+        print(f"  and {len(unrecorded)} file(s) you moved by hand between gensift's folders, "
+              "recorded as labels at the next gensift retrain", file=out)  # fmt: skip
     for stage, per_label in _counts(standing.values()).items():
         print(f"  {stage}:", file=out)
         for label, by_source in per_label.items():
@@ -77,14 +84,29 @@ def _counts(labels: Iterable[Label]) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def show_stats(settings: Settings, *, as_json: bool, out: TextIO) -> int:
-    """Live precision per class from the audit answers; exit 1 if a class is below target."""
+    """Where files are now, per action and class, and live precision per class from the
+    audit answers; exit 1 if a class is below target."""
     target = recorded_target(settings.stages.feature.checkpoint)
     with Journal.open_readonly(settings.journal.path) as journal:
         rows = live_precision(journal, target)
+        placed = journal.placed()
+    by_place = Counter(
+        (e.action, e.folder or "", "human" if e.actor == "human" else "gensift") for e in placed
+    )
     if as_json:
-        json.dump({"live_precision": [r.to_json() for r in rows], "target": target}, out, indent=2)
+        counts = [
+            {"action": a, "folder": f, "by": who, "files": n}
+            for (a, f, who), n in sorted(by_place.items())
+        ]
+        json.dump({"placed": counts, "live_precision": [r.to_json() for r in rows],
+                   "target": target}, out, indent=2)  # fmt: skip
         out.write("\n")
-    elif not rows:
+        return 1 if any(r.below_target for r in rows) else 0
+    print(f"{len(placed)} files under {settings.output.root}, by where gensift or you put them:",
+          file=out)  # fmt: skip
+    for (action, folder, who), n in sorted(by_place.items()):
+        print(f"  {n:>7}  {action:<10} {folder + '/':<20} by {who}", file=out)
+    if not rows:
         print("no audited moves yet: answer some in the audit queue of gensift review", file=out)
     else:
         audited = sum(r.audited.count for r in rows)
