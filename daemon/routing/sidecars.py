@@ -17,8 +17,6 @@ write (one without gensift's namespace is left alone).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -27,6 +25,7 @@ from loguru import logger
 
 from gensift.daemon.routing.fileops import shown
 from gensift.daemon.routing.records import Decision
+from gensift.models.fsutil import publish
 
 NAMESPACE = "https://gensift.invalid/ns/1.0/"
 SUFFIX = ".xmp"
@@ -71,20 +70,15 @@ def render(decision: Decision, checkpoints: Mapping[str, str], folder: str | Non
 def write_sidecar(
     path: Path, decision: Decision, checkpoints: Mapping[str, str], folder: str | None
 ) -> None:
-    """Write ``path``'s sidecar (atomically); a failure is a warning, never a lost file."""
+    """Write ``path``'s sidecar (atomically, as every file gensift publishes); a failure is
+    a warning, never a lost file."""
     target = sidecar_for(path)
     if target.exists() and not ours(target):
         logger.warning("{}: not gensift's sidecar; left as it is", shown(target))
         return
+    text = render(decision, checkpoints, folder)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gensift-xmp-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(render(decision, checkpoints, folder))
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        publish(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as exc:
         logger.warning("{}: cannot write the sidecar ({})", shown(target), exc.strerror or exc)
 
