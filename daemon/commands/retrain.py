@@ -336,11 +336,9 @@ def retrain(
             (path, meta.classes.index(path.parent.name))
             for path in sorted(gathered.held_out.glob("*/label-*"))
         ]
-        before = _operating_point(before_model, held, device)
-        after = _operating_point(result.checkpoint, held, device)
         review = _review_files(settings) if stage == "feature" else []
-        decided_before = _would_decide(before_model, review, device) if review else None
-        decided_after = _would_decide(result.checkpoint, review, device) if review else None
+        before, decided_before = _score(before_model, held, review, device)
+        after, decided_after = _score(result.checkpoint, held, review, device)
         return RetrainResult(
             published=result.published and not dry_run,
             dry_run=dry_run,
@@ -358,28 +356,36 @@ def retrain(
         )
 
 
+def _score(
+    checkpoint: Path, held: list[tuple[Path, int]], review: list[Path], device: Any
+) -> tuple[tuple[Proportion | None, Proportion | None, Proportion | None], int | None]:
+    """One pass of the checkpoint's model over the held-out labels and the ``_review/``
+    files: :func:`_operating_point` on the first, how many of the second it would decide
+    at its own threshold (None without any)."""
+    if not held and not review:
+        return (None, None, None), None
+    probs, threshold = _probabilities(checkpoint, [p for p, _ in held] + review, device)
+    point = _operating_point(probs[: len(held)], threshold, [label for _, label in held])
+    decided = int((probs[len(held) :].max(axis=1) >= threshold).sum()) if review else None
+    return point, decided
+
+
 def _operating_point(
-    checkpoint: Path, samples: list[tuple[Path, int]], device: Any
+    probs: Any, threshold: float, labels: list[int]
 ) -> tuple[Proportion | None, Proportion | None, Proportion | None]:
-    """(accuracy, precision of what the model would act on, coverage) on labelled
-    ``samples``, at the checkpoint's own threshold; None where there are no samples."""
-    if not samples:
+    """(accuracy, precision of what the model would act on, coverage) on labelled images
+    at ``threshold``; None where there are none."""
+    if not labels:
         return None, None, None
-    probs, threshold = _probabilities(checkpoint, [p for p, _ in samples], device)
     acted = right_acted = right = 0
-    for row, (_, label) in zip(probs, samples, strict=True):
+    for row, label in zip(probs, labels, strict=True):
         correct = int(row.argmax()) == label
         right += correct
         if float(row.max()) >= threshold:
             acted += 1
             right_acted += correct
-    n = len(samples)
+    n = len(labels)
     return Proportion(right, n), Proportion(right_acted, acted), Proportion(acted, n)
-
-
-def _would_decide(checkpoint: Path, files: list[Path], device: Any) -> int:
-    probs, threshold = _probabilities(checkpoint, files, device)
-    return int((probs.max(axis=1) >= threshold).sum())
 
 
 def _probabilities(checkpoint: Path, files: list[Path], device: Any) -> tuple[Any, float]:
