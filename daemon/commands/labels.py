@@ -19,17 +19,15 @@ from typing import TextIO
 
 from gensift.daemon.config import Settings
 from gensift.daemon.routing.audit import live_precision, recorded_target
-from gensift.daemon.routing.journal import Journal, Label
+from gensift.daemon.routing.journal import Journal, Label, in_force
 from gensift.daemon.routing.records import REJECTED_DIR, REVIEW_DIR
 
 
 def current_labels(events: Iterable[Label]) -> dict[tuple[str, str], Label]:
     """(content hash, stage) -> the label that stands: the newest not withdrawn."""
-    withdrawn = {e.withdraws for e in events if e.withdraws is not None}
     standing: dict[tuple[str, str], Label] = {}
-    for event in events:  # oldest first: a later label replaces an earlier one
-        if event.label is not None and event.id not in withdrawn:
-            standing[(event.sha256, event.stage)] = event
+    for event in in_force(events):  # oldest first: a later label replaces an earlier one
+        standing[(event.sha256, event.stage)] = event
     return standing
 
 

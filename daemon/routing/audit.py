@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gensift.daemon.routing.journal import Entry, Journal, Label
+from gensift.daemon.routing.journal import Entry, Journal, Label, in_force
 from gensift.models.stats import Proportion, clopper_pearson_lower
 
 #: the feature stage's target precision where the checkpoint does not say
@@ -85,11 +85,9 @@ def live_precision(journal: Journal, target: float = DEFAULT_FEATURE_TARGET) -> 
 
 def audited_moves(journal: Journal, events: Iterable[Label]) -> list[tuple[Label, Entry]]:
     """Each file's standing audit answer, with the automatic move it answered."""
-    events = list(events)
-    withdrawn = {e.withdraws for e in events if e.withdraws is not None}
     latest: dict[str, Label] = {}
-    for event in events:
-        if event.source == "audit" and event.label is not None and event.id not in withdrawn:
+    for event in in_force(events):  # oldest first: the newest answer stands
+        if event.source == "audit":
             latest[event.sha256] = event
     pairs = []
     for event in latest.values():

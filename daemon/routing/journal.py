@@ -26,7 +26,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +190,14 @@ class Label:
             "path": None if self.path is None else shown(self.path),
             "withdraws": self.withdraws,
         }
+
+
+def in_force(events: Iterable[Label]) -> list[Label]:
+    """The label events that still say something, oldest first: neither a withdrawal nor
+    withdrawn by a later event."""
+    events = list(events)
+    withdrawn = {e.withdraws for e in events if e.withdraws is not None}
+    return [e for e in events if e.label is not None and e.id not in withdrawn]
 
 
 def _label(row: sqlite3.Row) -> Label:
