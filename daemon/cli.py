@@ -224,8 +224,9 @@ def _add_labels(commands: argparse._SubParsersAction) -> None:
 def _add_stats(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "stats",
-        help="live precision of automatic moves, from the review page's audit answers",
-        description="Per class: how many audited automatic moves the person confirmed, "
+        help="where files are, and the live precision of automatic moves (audits)",
+        description="How many files gensift and you put in each folder, and per class: how "
+        "many audited automatic moves the person confirmed, "
         "with an exact 95 %% interval and the count it rests on. Exits 1 when a class is, "
         "with 95 %% confidence, below the target precision of the feature checkpoint.",
     )
