@@ -227,8 +227,8 @@ def _add_stats(commands: argparse._SubParsersAction) -> None:
         help="where files are, and the live precision of automatic moves (audits)",
         description="How many files gensift and you put in each folder, and per class: how "
         "many audited automatic moves the person confirmed, "
-        "with an exact 95 %% interval and the count it rests on. Exits 1 when a class is, "
-        "with 95 %% confidence, below the target precision of the feature checkpoint.",
+        "with an exact 95 % interval and the count it rests on. Exits 1 when a class is, "
+        "with 95 % confidence, below the target precision of the feature checkpoint.",
     )
     p.add_argument("--json", action="store_true", help="the same as JSON")
     _add_config_option(p)
