@@ -231,9 +231,12 @@ class InferenceSettings(_Section):
     device: Device = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(default=16, ge=1)
-    max_wait_ms: NonNegative = 50.0
+    #: No longer used (batches start at once when the worker is idle and grow under load):
+    #: accepted so that existing configs still load, named by a warning, never written out.
+    max_wait_ms: NonNegative | None = Field(default=None, exclude=True)
     idle_unload_seconds: NonNegative = 0.0
     oom_fallback: Literal["wait", "cpu"] = "wait"
+    compile: Literal["auto", "on", "off"] = "auto"
 
 
 class QualityStageSettings(_Section):
@@ -329,6 +332,11 @@ def config_warnings(settings: Settings) -> list[str]:
             f"watch.settle_seconds = {asked:g} is below the safe minimum of "
             f"{MIN_SETTLE_SECONDS:g} s (a file still being written could be read as complete); "
             f"using {MIN_SETTLE_SECONDS:g}"
+        )
+    if settings.inference.max_wait_ms is not None:
+        notes.append(
+            "inference.max_wait_ms is no longer used and can be removed: a file that finds "
+            "the worker idle is decided at once, and batches grow from the queue under load"
         )
     return notes
 
@@ -627,6 +635,8 @@ def _emit_table(lines: list[str], prefix: tuple[str, ...], model: BaseModel) -> 
     scalars: list[tuple[str, Any]] = []
     tables: list[tuple[str, BaseModel]] = []
     for name, field in type(model).model_fields.items():
+        if field.exclude:  # accepted for old configs only
+            continue
         value = getattr(model, name)
         key = field.alias or name
         if isinstance(value, BaseModel):

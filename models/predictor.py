@@ -6,11 +6,14 @@ through it (the first two by way of :mod:`gensift.models.batches`, which reads l
 samples). :class:`Predictor` is the cascade the runtime serves: one or two
 checkpoints, calibrated probabilities, the feature stage only on images the quality
 stage let through, and one backbone pass per image when both stages were trained with
-``--freeze-backbone`` on the same backbone weights.
+``--freeze-backbone`` on the same backbone weights. :meth:`Predictor.compiled` runs those
+forward passes through ``torch.compile`` (:mod:`gensift.models.compiled`), checked against
+the eager models first.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +24,7 @@ from torch import nn
 
 from gensift.models.backbones import Classifier
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
+from gensift.models.compiled import TOLERANCE, PaddedModule, largest_difference, probe_images
 from gensift.models.device import (
     autocast_dtype,
     precision_name,
@@ -104,6 +108,7 @@ class Predictor:
         device: torch.device,
         amp: torch.dtype | None,
         precision: str = "auto",
+        runners: Mapping[Stage, nn.Module] | None = None,
     ) -> None:
         self.stages: dict[Stage, LoadedStage] = {s.stage: s for s in stages}
         self.device = device
@@ -113,6 +118,21 @@ class Predictor:
         self.presets: dict[PresetKey, EvalPreset] = {
             s.key: EvalPreset(s.meta.image_size, s.meta.normalization) for s in stages
         }
+        # What each stage runs on its input: its model, or the quality backbone when shared,
+        # compiled where :meth:`compiled` made them so (none for a borrowing feature stage).
+        self.runners: dict[Stage, nn.Module] = dict(runners or self._eager_runners())
+
+    def _eager_runners(self) -> dict[Stage, nn.Module]:
+        runners: dict[Stage, nn.Module] = {}
+        for s in self.stages.values():
+            if s.model is not None:
+                shared = self.shared_backbone and s.stage == "quality"
+                runners[s.stage] = s.model.backbone if shared else s.model
+        return runners
+
+    @property
+    def is_compiled(self) -> bool:
+        return any(isinstance(r, PaddedModule) for r in self.runners.values())
 
     @classmethod
     def load(
@@ -165,11 +185,62 @@ class Predictor:
                 stages.append(replace(s, head=s.head.to(device).eval()))
         return Predictor(stages, device, autocast_dtype(device, self.precision), self.precision)
 
+    def compiled(self, sizes: Sequence[int]) -> Predictor:
+        """These models with their forward passes compiled for batches of ``sizes`` (others
+        are padded up or split), if the compiled cascade gives this one's probabilities on a
+        probe batch to within :data:`~gensift.models.compiled.TOLERANCE`; else ``self``, with
+        a warning saying why. Compiling takes seconds to a minute, here, not at the first file.
+        """
+        runners = {stage: PaddedModule(r, sizes) for stage, r in self.runners.items()}
+        candidate = Predictor(
+            list(self.stages.values()), self.device, self.amp, self.precision, runners
+        )
+        started = time.perf_counter()
+        try:
+            for size in sorted(set(sizes)):  # each size compiles on its first batch
+                candidate.predict(self.probe(size), _all)
+            probe = self.probe(max(sizes), seed=1)
+            difference = largest_difference(
+                self.predict(probe, _all), candidate.predict(probe, _all)
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to compile leaves the eager models
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            logger.warning(
+                "could not compile the models ({}: {}); running them uncompiled",
+                type(exc).__name__,
+                first,
+            )
+            return self
+        if difference > TOLERANCE:
+            logger.warning(
+                "the compiled models' probabilities differ from the uncompiled ones by up to "
+                "{:.2g} (more than {:g}); running them uncompiled so the thresholds still hold",
+                difference,
+                TOLERANCE,
+            )
+            return self
+        logger.info(
+            "models compiled for batches of {} in {:.1f} s (probabilities within {:.1g} of "
+            "the uncompiled models)",
+            ", ".join(map(str, sorted(set(sizes)))),
+            time.perf_counter() - started,
+            difference,
+        )
+        return candidate
+
+    def probe(self, count: int, seed: int = 0) -> dict[PresetKey, torch.Tensor]:
+        """``count`` fixed synthetic images, normalised for each preset (to compare models)."""
+        return {
+            key: preset.normalize(probe_images(preset.image_size, count, seed))
+            for key, preset in self.presets.items()
+        }
+
     def describe(self) -> str:
         parts = [f"{s.stage} {s.meta.arch} {s.meta.id} ({s.path})" for s in self.stages.values()]
         precision = precision_name(self.amp)
         shared = ", one shared backbone pass" if self.shared_backbone else ""
-        return f"{'; '.join(parts)}; device {self.device} {precision}{shared}"
+        compiled = ", compiled" if self.is_compiled else ""
+        return f"{'; '.join(parts)}; device {self.device} {precision}{shared}{compiled}"
 
     def predict(
         self,
@@ -184,13 +255,14 @@ class Predictor:
         with torch.inference_mode():
             quality = self.stages.get("quality")
             if quality is not None:
-                assert quality.model is not None
+                output = forward(
+                    self.runners["quality"], inputs[quality.key], self.device, self.amp
+                )
                 if self.shared_backbone:
-                    backbone = quality.model.backbone
-                    features = forward(backbone, inputs[quality.key], self.device, self.amp)
+                    features = output
                     logits = quality.head(features)
                 else:
-                    logits = forward(quality.model, inputs[quality.key], self.device, self.amp)
+                    logits = output
                 for i, probs in enumerate(_calibrated(logits, quality.meta)):
                     results[i]["quality"] = probs
                 keep = [i for i in keep if passes_quality(results[i]["quality"])]
@@ -199,12 +271,15 @@ class Predictor:
                 if features is not None:
                     logits = feature.head(features[keep])
                 else:
-                    assert feature.model is not None
                     batch = inputs[feature.key][keep]
-                    logits = forward(feature.model, batch, self.device, self.amp)
+                    logits = forward(self.runners["feature"], batch, self.device, self.amp)
                 for i, probs in zip(keep, _calibrated(logits, feature.meta), strict=True):
                     results[i]["feature"] = probs
         return results
+
+
+def _all(probs: dict[str, float]) -> bool:
+    return True
 
 
 def _calibrated(logits: torch.Tensor, meta: CheckpointMeta) -> list[dict[str, float]]:

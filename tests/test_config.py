@@ -348,6 +348,8 @@ def toml_keys(table: dict[str, Any], prefix: str = "") -> set[str]:
 def model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     keys = set()
     for name, field in model.model_fields.items():
+        if field.exclude:  # a key kept only so that old configs load (a warning names it)
+            continue
         key = field.alias or name
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -471,6 +473,17 @@ def test_a_settle_time_below_the_safe_minimum_is_raised_to_it_with_a_warning(
     assert load_config(environ=env).watch.settle_seconds == MIN_SETTLE_SECONDS
     env["GENSIFT_WATCH__SETTLE_SECONDS"] = "0.5"
     assert config_warnings(load_config(environ=env)) == []
+
+
+def test_max_wait_ms_still_loads_but_is_named_as_unused(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    from gensift.daemon.config import config_warnings
+
+    assert config_warnings(load_config(write(tmp_path, "[inference]\n"), environ=env)) == []
+    settings = load_config(write(tmp_path, "[inference]\nmax_wait_ms = 50\n"), environ=env)
+    [note] = config_warnings(settings)
+    assert note.startswith("inference.max_wait_ms is no longer used")
 
 
 def test_config_check_warns_about_a_raised_settle_time(

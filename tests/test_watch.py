@@ -28,6 +28,7 @@ from watchkit import (
     too_deep,
     wait_decided,
     wait_for,
+    write_renamed,
 )
 
 from gensift.daemon.commands.sort import run_sort
@@ -199,6 +200,23 @@ def test_files_already_there_are_decided_by_the_start_up_scan_and_only_once(
         wait_decided(journal, 11)
     sources = [e.source for e in decisions(journal)]
     assert len(sources) == len(set(sources)) == 11
+
+
+def test_a_lone_file_that_finds_the_worker_idle_is_decided_without_waiting_for_company(
+    tmp_path: Path, models: tuple[Path, Path]
+) -> None:
+    # An old config still sets max_wait_ms: the worker used to hold a lone file that long
+    # for company. A bound on the event, not a timing: decided well before a minute.
+    config = write_config(tmp_path, *models, batch_size=16)
+    text = config.read_text().replace("[inference]\n", "[inference]\nmax_wait_ms = 60000\n")
+    config.write_text(text)
+    [source] = drawn_files(tmp_path / "drawn", 1)
+    journal = tmp_path / "journal.sqlite3"
+    (tmp_path / "inbox").mkdir()
+    with daemon_thread(config):
+        write_renamed(source, tmp_path / "inbox" / source.name)
+        [row] = wait_decided(journal, 1, timeout=30)
+    assert row.source == tmp_path / "inbox" / source.name
 
 
 def test_idle_models_are_unloaded_freed_and_loaded_again_for_the_next_file(

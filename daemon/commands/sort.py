@@ -25,7 +25,7 @@ from gensift.daemon.routing.recovery import repair
 from gensift.daemon.routing.router import Outcome, Router, summary_label
 from gensift.daemon.runtime.layout import class_folders
 from gensift.daemon.runtime.paths import discover, undecided
-from gensift.daemon.runtime.sifter import Sifter, load_cascade
+from gensift.daemon.runtime.sifter import Sifter, compiled_cascade, load_cascade
 
 PLAN_COLUMNS = (
     "source",
@@ -79,6 +79,7 @@ def run_sort(
         if not dry_run:
             result.repaired = repair(journal, settings.output.root)
         todo, result.already = undecided(paths, journal)
+        cascade = compiled_cascade(settings, cascade, images=len(todo))
         router = Router(
             settings.output,
             journal,

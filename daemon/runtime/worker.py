@@ -2,7 +2,7 @@
 
 One :class:`Worker` thread owns the models and the journal connection that
 records decisions. It takes settled paths from a bounded inbox in micro-batches
-(up to ``batch_size``, waiting at most ``max_wait_ms`` after the first), has a
+(whatever is waiting, up to ``batch_size``: a lone file starts at once), has a
 pool of decoder threads read and resize them, and while one batch runs through
 the cascade the next one is already decoding. Decisions and file operations are
 the :class:`~gensift.daemon.runtime.sifter.Sifter`'s, exactly as ``gensift sort``
@@ -49,7 +49,7 @@ from gensift.daemon.routing.router import Outcome, Router, summary_label
 from gensift.daemon.runtime.decode import Decoded, default_workers
 from gensift.daemon.runtime.layout import class_folders
 from gensift.daemon.runtime.paths import Reported
-from gensift.daemon.runtime.sifter import Cascade, Sifter, load_cascade
+from gensift.daemon.runtime.sifter import Cascade, Sifter, compiled_cascade, load_cascade
 from gensift.daemon.runtime.watcher import Arrivals
 from gensift.models.device import resolve_device
 from gensift.models.errors import InputError, RuntimeProblem
@@ -93,16 +93,18 @@ def on_cpu(settings: Settings) -> Settings:
 def load_models(settings: Settings) -> Cascade:
     """The configured cascade; if the device is out of memory, the same loaded on the CPU
     (the worker moves it to the device before its next batch, or serves it there with
-    ``oom_fallback = "cpu"``). Other errors are the caller's, as from ``load_cascade``."""
+    ``oom_fallback = "cpu"``). Other errors are the caller's, as from ``load_cascade``.
+    Compiled with ``inference.compile = "on"``."""
     try:
-        return load_cascade(settings)
+        cascade = load_cascade(settings)
     except torch.OutOfMemoryError as exc:
         _free_memory()
         logger.warning(
             "out of GPU memory loading the models ({}); loading them on the CPU for now",
             _short(exc),
         )
-        return load_cascade(on_cpu(settings))
+        cascade = load_cascade(on_cpu(settings))
+    return compiled_cascade(settings, cascade, images=None)
 
 
 class Worker:
@@ -248,7 +250,12 @@ class Worker:
     def _take(self, *, wait: bool) -> list[Path]:
         """A micro-batch from the inbox: block for the first path only when ``wait``.
 
-        Nothing while paused after running out of memory (the files wait in the inbox).
+        Adaptive batching: a batch is whatever waits in the inbox when the worker gets to it,
+        up to the batch size, and never waits for more. A file that finds the worker idle
+        starts at once (a lone file on a GPU is decided in the time of one forward pass, not
+        after a wait for company); under load files pile up while the model runs, so batches
+        grow by themselves. Nothing while paused after running out of memory (the files wait
+        in the inbox).
         """
         paused = self._paused_until - time.monotonic()
         if paused > 0:
@@ -262,14 +269,10 @@ class Worker:
         if first is _WAKE:
             return []
         paths = [first]
-        inference = self.settings.inference
         self._recover_batch_size()
-        deadline = time.monotonic() + inference.max_wait_ms / 1000
         while len(paths) < self._limit:
-            left = deadline - time.monotonic()
             try:
-                waiting = wait and left > 0
-                path = self.inbox.get(timeout=left) if waiting else self.inbox.get_nowait()
+                path = self.inbox.get_nowait()
             except queue.Empty:
                 break
             if path is _WAKE:

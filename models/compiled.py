@@ -1,0 +1,93 @@
+"""Compiled forward passes: ``torch.compile`` (inductor, frozen weights) for ``sort`` and ``watch``.
+
+Why: on a CPU the model, not decoding or the journal, sets gensift's pace, and batching
+cannot beat a model that already keeps every core busy. A faster execution of the same
+model can: inductor with ``freezing`` folds BatchNorm into the convolutions, prepacks the
+weights for oneDNN and fuses the element-wise tails, so ResNet-50 runs faster on the same
+cores, after a compile of some seconds to a minute (less on the next run: inductor keeps
+its compiled kernels in its on-disk cache under the system's temporary folder).
+
+Shapes are **static**: a graph compiled for a batch of 16 is fast for 16 and is compiled
+again for any other size (a dynamic-shape graph is slower on the CPU and, measured here,
+still compiled again for a batch of one). :class:`PaddedModule` therefore serves a few
+fixed batch sizes, chosen at load, and pads a smaller batch with zeros up to the next one
+(the padding rows are dropped from the output; each image is computed on its own, so they
+change nothing). ``sort`` compiles only ``inference.batch_size``; ``watch`` also one image,
+so a lone file is not run as a batch of 16.
+
+A compiled model must give the probabilities the thresholds were calibrated on:
+:func:`agrees` compares the compiled cascade with the eager one on a probe batch and the
+caller keeps the eager model, with a warning, when any probability differs by more than
+:data:`TOLERANCE` or the compile fails (no C++ compiler, an operator inductor cannot
+handle, a torch without inductor for this platform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: Largest difference in any calibrated probability between compiled and eager models.
+TOLERANCE = 1e-3
+#: inductor options: weights are constants, so BatchNorm folds and oneDNN prepacks them.
+OPTIONS = {"freezing": True}
+
+
+class PaddedModule(nn.Module):
+    """``module`` compiled for the batch sizes ``sizes``; other batches are padded or split.
+
+    A batch of ``n`` images runs as the smallest compiled size of at least ``n`` (zeros
+    fill the rest; their outputs are dropped), or in chunks of the largest size.
+    """
+
+    def __init__(self, module: nn.Module, sizes: Sequence[int]) -> None:
+        super().__init__()
+        if not sizes or min(sizes) < 1:
+            raise ValueError("PaddedModule needs at least one batch size of 1 or more")
+        self.sizes = tuple(sorted(set(sizes)))
+        self.compiled = torch.compile(module, dynamic=False, options=OPTIONS)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        largest = self.sizes[-1]
+        if len(images) > largest:
+            return torch.cat([self(chunk) for chunk in images.split(largest)])
+        n = len(images)
+        size = next(s for s in self.sizes if s >= n)
+        if size > n:
+            pad = images.new_zeros((size - n, *images.shape[1:]))
+            images = torch.cat([images, pad]).contiguous(memory_format=_layout(images))
+        return self.compiled(images)[:n]
+
+
+def _layout(images: torch.Tensor) -> torch.memory_format:
+    is_nhwc = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if is_nhwc else torch.contiguous_format
+
+
+def probe_images(size: int, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` uint8 RGB images (count, 3, size, size) to compare two models on: smooth
+    gradients with noise, so activations span a realistic range, the same on every run."""
+    generator = torch.Generator().manual_seed(seed)
+    axis = torch.linspace(0, 1, size)
+    ramp = axis[None, :] + axis[:, None]  # (size, size)
+    colours = torch.rand(count, 3, 1, 1, generator=generator)
+    images = 255 * (0.2 + 0.6 * colours * ramp / 2)
+    images = images + 25 * torch.randn(count, 3, size, size, generator=generator)
+    return images.clamp(0, 255).to(torch.uint8)
+
+
+def largest_difference(
+    a: Sequence[dict[str, dict[str, float]]], b: Sequence[dict[str, dict[str, float]]]
+) -> float:
+    """The largest difference between two cascades' probabilities for the same images
+    (infinite when they did not run the same stages)."""
+    worst = 0.0
+    for left, right in zip(a, b, strict=True):
+        if left.keys() != right.keys():
+            return float("inf")
+        for stage, probs in left.items():
+            for name, p in probs.items():
+                worst = max(worst, abs(p - right[stage][name]))
+    return worst
