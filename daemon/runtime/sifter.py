@@ -102,6 +102,16 @@ def compiled_cascade(settings: Settings, cascade: Cascade, *, images: int | None
     return Cascade(predictor.compiled(sizes), cascade.policy)
 
 
+def upload(images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """uint8 images -> one batch on ``device``, still uint8: to a GPU a quarter of the bytes
+    of float32, from pinned memory without a staging copy; normalising (cast, scale, mean and
+    std) then runs there, not on the CPU cores that decode."""
+    batch = torch.stack(list(images))
+    if device.type != "cuda":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 class Sifter:
     """Runs files through decode -> cascade -> decision -> router."""
 
@@ -159,7 +169,7 @@ class Sifter:
         """One forward pass of the cascade over decoded images, then their decisions."""
         predictor = self.cascade.predictor
         inputs = {
-            key: preset.normalize(torch.stack([item.inputs[key] for item in batch]))
+            key: preset.normalize(upload([item.inputs[key] for item in batch], predictor.device))
             for key, preset in predictor.presets.items()
         }
         results = predictor.predict(inputs, self._passes)
