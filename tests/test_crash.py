@@ -77,3 +77,32 @@ def test_watch_removes_staging_copies_a_crash_left_before_ready(tmp_path: Path) 
     with daemon_thread(config):
         assert not [p for p in stale if p.exists()]
     assert all(p.exists() for p in kept)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork and SIGKILL")
+def test_sort_killed_inside_grouped_batches_accounts_for_every_file(
+    tmp_path: Path, frozen_pair: tuple[Path, Path]
+) -> None:
+    inbox = tmp_path / "inbox"
+    originals = fill_inbox(inbox, scale=2)
+    # batches of eight: each batch's intents are one commit and its completions another;
+    # "op:K" kills a run as its K-th file operation starts, between those two commits, with
+    # the batch's earlier operations done and unrecorded, its later ones not started
+    config = write_config(
+        tmp_path, *frozen_pair, quality_threshold=0.5, feature_threshold=0.4, batch_size=8
+    )
+    journal = tmp_path / "journal.sqlite3"
+    kill_points = ["op:3", "op:1", "op:6", "op:10", "12"]
+    runs = run_harness(HARNESS, config, inbox, journal, *kill_points, timeout=900)
+    assert [r["killed"] for r in runs] == [True] * len(kill_points) + [False], runs
+    assert runs[-1] == {"k": None, "killed": False, "exit": 0}
+
+    final = check_ledger(originals, journal, tmp_path / "out")
+    assert len(final) == len(originals)
+    rows = decisions(journal)
+    assert all(e.state in ("done", "skipped", "abandoned") for e in rows)
+    # repair found both kinds of file in the batches the kills cut: moved but not recorded,
+    # and recorded as intended but never moved
+    notes = [e.note for e in rows]
+    assert any("completed before the interruption" in note for note in notes), notes
+    assert any("interrupted before the file moved" in note for note in notes), notes

@@ -124,7 +124,13 @@ TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-.", re.DOTALL)
 
 
 def transfer(
-    src: Path, dst: Path, tag: str, *, copy: bool = False, expect: tuple[int, int] | None = None
+    src: Path,
+    dst: Path,
+    tag: str,
+    *,
+    copy: bool = False,
+    expect: tuple[int, int] | None = None,
+    sync: bool = True,
 ) -> None:
     """Move ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (nothing changed then).
 
@@ -133,11 +139,16 @@ def transfer(
     modification time are not ``expect`` (what the journal recorded), or change while it
     is copied. On one filesystem the file keeps its inode, so a writer that still holds
     it open writes to the moved file and loses nothing.
+
+    Without ``sync`` a move on one filesystem leaves syncing the folders to the caller
+    (the router syncs a batch's folders once, before it records the moves done); a
+    copy always syncs, since its source may only go once the copy is on disk.
     """
     if not copy:
         try:
             _place(src, dst)
-            fsync_dir(dst.parent)
+            if sync:
+                fsync_dir(dst.parent)
             return
         except OSError as exc:
             if exc.errno != errno.EXDEV:

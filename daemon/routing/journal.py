@@ -10,7 +10,9 @@ its own ``restore`` rows. :func:`gensift.daemon.routing.recovery.repair` settles
 
 WAL mode with ``synchronous = FULL``: a commit is on disk before the file
 operation it announces starts, even across a power cut; readers (``history``)
-never block the daemon.
+never block the daemon. A commit is a disk sync, so the router writes a batch's
+rows in two commits (:meth:`Journal.transaction`), not two per file: every intent
+of the batch before its first file operation, every completion after its last.
 
 Paths are stored losslessly: as text when they are valid UTF-8 (every path of a
 version 1 journal), else as a BLOB of the name's bytes (``os.fsencode``: a name
@@ -27,6 +29,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,6 +315,29 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit the rows begun and finished inside together, when the block ends: one
+        commit, so one disk sync, for a batch's intents or for its completions.
+
+        No file operation may run inside one: an intent must be on disk before its
+        operation starts, and a completion written only once its operation is over.
+        Inside another transaction it is part of that one. An error rolls the whole
+        transaction back: intents that were never committed announced nothing that
+        happened; completions that were not leave their rows at ``intent``, for repair.
+        """
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at a later statement
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise
+
     def begin(
         self,
         run: str,
@@ -324,7 +350,9 @@ class Journal:
         state: FileState = FileState.INTENT,
         undoes: int | None = None,
     ) -> int:
-        """Record a decision (by default as an intent, before its file operation); its id."""
+        """Record a decision (by default as an intent, before its file operation); its id.
+
+        Committed at once, or with the rest of the :meth:`transaction` it is called in."""
         cursor = self._db.execute(
             "INSERT INTO decisions (run, time, source, destination, action, reason, label, "
             "probability, probabilities, checkpoints, size, mtime_ns, sha256, state, note, "
@@ -352,9 +380,9 @@ class Journal:
         return cursor.lastrowid
 
     def finish(self, entry_id: int, state: FileState, note: str | None = None) -> None:
-        """Move a row to its final state (after its file operation)."""
-        with self._db:
-            self._db.execute("BEGIN")
+        """Move a row to its final state (after its file operation); a finished ``restore``
+        marks the row it undoes ``undone`` in the same commit."""
+        with self.transaction():
             if note is None:
                 self._db.execute("UPDATE decisions SET state = ? WHERE id = ?", (state, entry_id))
             else:

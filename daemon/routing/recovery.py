@@ -37,7 +37,10 @@ def repair(journal: Journal, output_root: Path | None = None) -> int:
     that had not happened is abandoned (the file will be decided again); one
     that had is marked done; a copy that reached its destination loses its
     source; an empty placeholder or a staging copy of ours is removed. A file
-    at the destination that is not ours is never touched.
+    at the destination that is not ours is never touched. A crash inside a batch
+    leaves every intent of it (the router commits them together, before the
+    batch's first operation): some moved, some half-moved, some not started; each
+    row is settled on its own, by where its own file is.
 
     Then, with ``output_root``, the staging copies a crash left under it that no
     row still unsettled needs are removed (:func:`remove_temporaries`): repair

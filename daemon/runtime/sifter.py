@@ -4,7 +4,9 @@
 and a :class:`~gensift.daemon.runtime.decide.Policy`; :func:`compiled_cascade` compiles
 its models where ``inference.compile`` says it pays. :class:`Sifter` decodes files
 in a bounded thread pool, culls corrupt and blank files by rule, batches the
-rest through the cascade, decides, and hands each decision to the router.
+rest through the cascade, decides, and hands the decisions of a batch to the router
+together (:meth:`~gensift.daemon.routing.router.Router.apply_many`: two journal
+commits per batch, not two per file).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from loguru import logger
 from gensift.daemon.config import Settings
 from gensift.daemon.routing.fileops import shown
 from gensift.daemon.routing.records import Decision, FileState
-from gensift.daemon.routing.router import Outcome, Router
+from gensift.daemon.routing.router import Job, Outcome, Router
 from gensift.daemon.runtime.decide import (
     Policy,
     check_reject_classes,
@@ -34,6 +36,9 @@ from gensift.daemon.runtime.paths import Reported
 from gensift.models.errors import InputError
 from gensift.models.predictor import Predictor
 from gensift.models.presets import STAGES, Stage
+
+#: What a file is when it is decided by rule, without a model.
+RULED = ("corrupt", "blank")
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,15 @@ class Sifter:
         self._passes = partial(passes_quality, cascade.policy)
 
     def sift(self, paths: Iterable[Path]) -> Iterator[Outcome]:
-        """Decide and route every path, yielding one outcome per path."""
+        """Decide and route every path, yielding one outcome per path.
+
+        Files the models decide go to the router a batch at a time; so do the files decided
+        by rule (corrupt, blank), in batches of their own.
+        """
         batch_size = self.settings.inference.batch_size
         pool = DecodePool(self.decoder, self.workers, window=max(4 * batch_size, 2 * self.workers))
         batch: list[Decoded] = []
+        ruled: list[Decoded] = []
         for item in pool.map(paths):
             if item.status == "ok":
                 batch.append(item)
@@ -149,15 +159,29 @@ class Sifter:
                     yield from self.run_batch(batch)
                     batch = []
             else:
-                yield self.by_rule(item)
+                ruled.append(item)
+                if len(ruled) >= batch_size:
+                    yield from self.by_rule(ruled)
+                    ruled = []
+        if ruled:
+            yield from self.by_rule(ruled)
         if batch:
             yield from self.run_batch(batch)
 
-    def by_rule(self, item: Decoded) -> Outcome:
-        """Corrupt and blank files are decided without a model; the rest wait for later."""
-        if item.status in ("corrupt", "blank"):
-            decision = rule_decision(self.cascade.policy, item.status, item.note)  # type: ignore[arg-type]
-            return self._route(item, decision, {})
+    def by_rule(self, items: Sequence[Decoded]) -> list[Outcome]:
+        """Corrupt and blank files are decided without a model (and routed as one batch); the
+        rest wait for later. The outcomes in the order of ``items``."""
+        policy = self.cascade.policy
+        decided = [
+            (item, rule_decision(policy, item.status, item.note), {})  # type: ignore[arg-type]
+            for item in items
+            if item.status in RULED
+        ]
+        routed = iter(self._route(decided))
+        return [next(routed) if item.status in RULED else self._later(item) for item in items]
+
+    def _later(self, item: Decoded) -> Outcome:
+        """A file that could not be decided now (unsettled, unreadable, gone)."""
         path = item.file.path
         level = (
             self.reported.level(path, item.note) if item.status == FileState.UNREADABLE else "INFO"
@@ -166,33 +190,41 @@ class Sifter:
         return Outcome(item.file, None, None, item.status, item.note)
 
     def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:
-        """One forward pass of the cascade over decoded images, then their decisions."""
+        """One forward pass of the cascade over decoded images, then their decisions, routed
+        as one batch."""
         predictor = self.cascade.predictor
         inputs = {
             key: preset.normalize(upload([item.inputs[key] for item in batch], predictor.device))
             for key, preset in predictor.presets.items()
         }
         results = predictor.predict(inputs, self._passes)
-        outcomes = []
+        decided = []
         for item, probs in zip(batch, results, strict=True):
             decision = decide(self.cascade.policy, probs.get("quality"), probs.get("feature"))
             ids = {stage: predictor.stages[stage].meta.id for stage in probs}
-            outcomes.append(self._route(item, decision, ids))
+            decided.append((item, decision, ids))
+        return self._route(decided)
+
+    def _route(self, decided: Sequence[tuple[Decoded, Decision, dict[str, str]]]) -> list[Outcome]:
+        """Hand decisions to the router as one batch; log each outcome."""
+        if not decided:
+            return []
+        outcomes = self.router.apply_many([Job(item.file, d, ids) for item, d, ids in decided])
+        for outcome in outcomes:
+            self._report(outcome)
         return outcomes
 
-    def _route(self, item: Decoded, decision: Decision, checkpoints: dict[str, str]) -> Outcome:
-        outcome = self.router.apply(item.file, decision, checkpoints)
-        path, folder = item.file.path, outcome.destination
+    def _report(self, outcome: Outcome) -> None:
+        path, folder = outcome.file.path, outcome.destination
         if outcome.state == FileState.FAILED:
             logger.log(self.reported.level(path, outcome.note), "{}", outcome.describe())
         elif outcome.state == FileState.REFUSED:  # one error for the folder, not one per file
             assert folder is not None
             logger.log(self.reported.level(folder, outcome.note), "{}", outcome.note)
             level = self.reported.level(path, outcome.note, first="INFO")
-            logger.log(level, "{}: {} refused; left in place", shown(path), decision.action)
+            logger.log(level, "{}: {} refused; left in place", shown(path), outcome.action)
         else:
             self.reported.forget(path)
             if folder is not None:
                 self.reported.forget(folder.parent)  # the folder works: news if it breaks
             logger.info("{}", outcome.describe())
-        return outcome

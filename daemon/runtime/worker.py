@@ -296,7 +296,7 @@ class Worker:
         outcomes: list[Outcome] = []
         left: list[Decoded] = []
         try:
-            outcomes += [sifter.by_rule(item) for item in items if item.status != "ok"]
+            outcomes += sifter.by_rule([item for item in items if item.status != "ok"])
             ready = [item for item in items if item.status == "ok"]
             sifter, left = self._infer(journal, sifter, ready, outcomes)
         except Exception:  # noqa: BLE001 - one bad batch must not stop the daemon
