@@ -263,7 +263,7 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 class Journal:
-    """The SQLite journal; use as a context manager. One thread per instance."""
+    """The SQLite journal; use as a context manager. One thread at a time per instance."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
         self._db = connection
@@ -275,7 +275,9 @@ class Journal:
         """Open (creating it and its folder if needed) the journal at ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            # check_same_thread off: ``sort`` opens the journal in its main thread and routes
+            # in a thread of its own (one thread at a time, as the class says)
+            db = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -11,7 +11,9 @@ commits per batch, not two per file).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -146,27 +148,42 @@ class Sifter:
         """Decide and route every path, yielding one outcome per path.
 
         Files the models decide go to the router a batch at a time; so do the files decided
-        by rule (corrupt, blank), in batches of their own.
+        by rule (corrupt, blank), in batches of their own. Everything overlaps: decoder
+        threads work ahead (a window of batches), the model runs batch n in this thread
+        while one routing thread journals and moves batch n-1, so neither the disk syncs
+        nor the moves hold up the model. Memory stays bounded: the decode window, the
+        batch in the model and the one being routed. The router and its journal are used
+        by that one thread only, and outcomes come out in the order the batches were made.
         """
         batch_size = self.settings.inference.batch_size
         pool = DecodePool(self.decoder, self.workers, window=max(4 * batch_size, 2 * self.workers))
         batch: list[Decoded] = []
         ruled: list[Decoded] = []
-        for item in pool.map(paths):
-            if item.status == "ok":
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    yield from self.run_batch(batch)
-                    batch = []
-            else:
-                ruled.append(item)
-                if len(ruled) >= batch_size:
-                    yield from self.by_rule(ruled)
-                    ruled = []
-        if ruled:
-            yield from self.by_rule(ruled)
-        if batch:
-            yield from self.run_batch(batch)
+        with ThreadPoolExecutor(1, thread_name_prefix="gensift-route") as routing:
+            pending: deque[Future[list[Outcome]]] = deque()
+
+            def hand_over(route: Callable[[], list[Outcome]]) -> Iterator[Outcome]:
+                pending.append(routing.submit(route))
+                while len(pending) > 1:  # the batch before this one: done by now, mostly
+                    yield from pending.popleft().result()
+
+            for item in pool.map(paths):
+                if item.status == "ok":
+                    batch.append(item)
+                    if len(batch) >= batch_size:
+                        yield from hand_over(partial(self._route, self.decide(batch)))
+                        batch = []
+                else:
+                    ruled.append(item)
+                    if len(ruled) >= batch_size:
+                        yield from hand_over(partial(self.by_rule, ruled))
+                        ruled = []
+            if ruled:
+                yield from hand_over(partial(self.by_rule, ruled))
+            if batch:
+                yield from hand_over(partial(self._route, self.decide(batch)))
+            while pending:
+                yield from pending.popleft().result()
 
     def by_rule(self, items: Sequence[Decoded]) -> list[Outcome]:
         """Corrupt and blank files are decided without a model (and routed as one batch); the
@@ -192,6 +209,10 @@ class Sifter:
     def run_batch(self, batch: Sequence[Decoded]) -> list[Outcome]:
         """One forward pass of the cascade over decoded images, then their decisions, routed
         as one batch."""
+        return self._route(self.decide(batch))
+
+    def decide(self, batch: Sequence[Decoded]) -> list[tuple[Decoded, Decision, dict[str, str]]]:
+        """One forward pass of the cascade over decoded images, and their decisions."""
         predictor = self.cascade.predictor
         inputs = {
             key: preset.normalize(upload([item.inputs[key] for item in batch], predictor.device))
@@ -203,7 +224,7 @@ class Sifter:
             decision = decide(self.cascade.policy, probs.get("quality"), probs.get("feature"))
             ids = {stage: predictor.stages[stage].meta.id for stage in probs}
             decided.append((item, decision, ids))
-        return self._route(decided)
+        return decided
 
     def _route(self, decided: Sequence[tuple[Decoded, Decision, dict[str, str]]]) -> list[Outcome]:
         """Hand decisions to the router as one batch; log each outcome."""
