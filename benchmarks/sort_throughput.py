@@ -31,7 +31,9 @@ and the two other ceilings of (b), neither of which runs a model:
   whether they are installed, and the last line whether pyspng's pixels equal
   Pillow's on these PNGs. The decode ceiling of (b) is the faster pool.
 - **journal + move ceiling**: journalled moves of as many empty files through
-  gensift's ``Router`` (``Router.apply`` per file, SQLite journal, ``fsync``), the
+  gensift's ``Router`` in batches of ``--batch-size`` (``Router.apply_many``, as
+  ``sort`` routes them: SQLite journal, one commit for a batch's intents and one
+  for its completions, ``fsync``; ``benchmarks/journal_moves.py``), the
   journal already open.
 
 The ceilings table names the lowest of the three and gives (b) as a fraction of
@@ -107,12 +109,10 @@ from typing import Any
 import decode_ceiling as dc
 import numpy as np
 import torch
+from journal_moves import measure_journal_moves
 from PIL import Image
 
-from gensift.daemon.config import ConfigError, OutputSettings, load_config
-from gensift.daemon.routing.journal import Journal, new_run_id
-from gensift.daemon.routing.records import Decision, FileInfo, FileState
-from gensift.daemon.routing.router import Router
+from gensift.daemon.config import ConfigError, load_config
 from gensift.daemon.runtime.decode import Decoder
 from gensift.models.backbones import Classifier, backbone_digest, build_classifier
 from gensift.models.calibrate import DEFAULT_TARGET_PRECISION
@@ -620,48 +620,10 @@ def warm_decoders(paths: Sequence[Path], decoder: Decoder, preset: EvalPreset) -
 
 # -- the journal + move ceiling ------------------------------------------------------------
 
-EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
-
-def measure_journal_moves(
-    work: Path, files: int, grouped: bool = False, batch_size: int = 1
-) -> float:
-    """Journalled moves of ``files`` empty files through gensift's Router, files/s.
-
-    A stand-in with the signature of ``benchmarks/journal_moves.py`` (another branch),
-    per file only (``Router.apply``); once that module is here, import it instead.
-    The clock runs from the first move to the last, the journal already open.
-    """
-    if grouped:
-        raise NotImplementedError("grouped moves come with benchmarks/journal_moves.py")
-    shutil.rmtree(work, ignore_errors=True)
-    inbox = work / "inbox"
-    inbox.mkdir(parents=True)
-    infos = []
-    for index in range(files):
-        path = inbox / f"gen-{index:05d}.png"
-        path.touch()
-        infos.append(FileInfo(path, 0, path.stat().st_mtime_ns, EMPTY_SHA256))
-    probabilities = {
-        "quality": {"keep": 0.99, "reject": 0.01},
-        "feature": {"A": 0.98, "B": 0.01, "C": 0.01},
-    }
-    decision = Decision("move", "class", "A", 0.98, probabilities)
-    checkpoints = {"quality": "bench-quality", "feature": "bench-feature"}
-    with Journal.open(work / "journal.sqlite3") as journal:
-        router = Router(OutputSettings(root=work / "sorted"), journal, new_run_id("bench"))
-        started = time.perf_counter()
-        for info in infos:
-            outcome = router.apply(info, decision, checkpoints)
-            if outcome.state != FileState.DONE:
-                raise RuntimeError(f"journal ceiling: {outcome.describe()}")
-        seconds = time.perf_counter() - started
-    return files / seconds
-
-
-def journal_ceiling(work: Path, files: int) -> Measurement:
-    """The journal + move ceiling; the one place to switch to grouped moves."""
-    rate = measure_journal_moves(work, files, grouped=False, batch_size=1)
+def journal_ceiling(work: Path, files: int, batch_size: int) -> Measurement:
+    """The journal + move ceiling: journalled moves grouped in batches, as sort routes them."""
+    rate = measure_journal_moves(work, files, grouped=True, batch_size=batch_size)
     return Measurement(files, files / rate, None)
 
 
@@ -706,7 +668,7 @@ def run_scenario(
             del models, batches
             free_device(device)
             decodes.append(measure_decode(share, decoder, processes, preset, device))
-            journals.append(journal_ceiling(folder / f"journal-{i}", len(share)))
+            journals.append(journal_ceiling(folder / f"journal-{i}", len(share), args.batch_size))
             line = (
                 f"(a) {naive_results[-1].rate:.2f}, (c) {ceilings[-1].rate:.2f}, "
                 f"decode {decodes[-1].threads.rate:.2f} threads / "

@@ -24,7 +24,13 @@ from torch import nn
 
 from gensift.models.backbones import Classifier
 from gensift.models.checkpoint import CheckpointMeta, load_classifier
-from gensift.models.compiled import TOLERANCE, PaddedModule, largest_difference, probe_images
+from gensift.models.compiled import (
+    TOLERANCE,
+    PaddedModule,
+    compiling,
+    largest_difference,
+    probe_images,
+)
 from gensift.models.device import (
     autocast_dtype,
     precision_name,
@@ -197,8 +203,9 @@ class Predictor:
         )
         started = time.perf_counter()
         try:
-            for size in sorted(set(sizes)):  # each size compiles on its first batch
-                candidate.predict(self.probe(size), _all)
+            with compiling():  # each size compiles on its first batch
+                for size in sorted(set(sizes)):
+                    candidate.predict(self.probe(size), _all)
             probe = self.probe(max(sizes), seed=1)
             difference = largest_difference(
                 self.predict(probe, _all), candidate.predict(probe, _all)
