@@ -4,6 +4,7 @@ compiling only when asked or when the sort is long enough."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,17 @@ from gensift.models.predictor import Predictor
 
 @pytest.fixture(scope="module", autouse=True)
 def _compiler_threads() -> None:
-    """inductor starts its compile threads with the process's first compile and keeps them
-    for the process's life: start them before the leaked-thread check looks."""
-    torch.compile(lambda x: x + 1, dynamic=False)(torch.ones(2))
+    """inductor compiles kernels in a pool of threads that it starts with the process's first
+    compile and keeps for the process's life: start all of them before the leaked-thread
+    check looks (the pool is inductor's own, reached through its private module)."""
+    from torch._inductor.async_compile import AsyncCompile, get_compile_threads
+
+    threads = get_compile_threads()
+    if threads > 1:
+        barrier = threading.Barrier(threads)  # each task waits for the others: all threads run
+        pool = AsyncCompile.pool()
+        for future in [pool.submit(barrier.wait, 30) for _ in range(threads)]:
+            future.result()
 
 
 def _inputs(predictor: Predictor, n: int) -> dict:
