@@ -206,7 +206,7 @@ class Predictor:
             with compiling():  # each size compiles on its first batch
                 for size in sorted(set(sizes)):
                     candidate.predict(self.probe(size), _all)
-            probe = self.probe(max(sizes), seed=1)
+            probe = self.probe(min(4, max(sizes)), seed=1)  # padded up: that is checked too
             difference = largest_difference(
                 self.predict(probe, _all), candidate.predict(probe, _all)
             )

@@ -179,9 +179,12 @@ def _same(a: FileInfo, b: FileInfo) -> bool:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decoder threads: enough to feed a GPU; on CPU, leave most cores to the model."""
+    """Decoder threads. With a GPU, the cores the model does not need: all but two (the
+    thread that launches the forward passes and the one that journals and moves files),
+    since decoding, not the GPU, sets the pace there. On the CPU the model is the
+    bottleneck and uses every core, so half of them decode."""
     cpus = os.cpu_count() or 1
-    return min(8, cpus) if device.type == "cuda" else max(1, cpus // 2)
+    return max(1, cpus - 2) if device.type == "cuda" else max(1, cpus // 2)
 
 
 class DecodePool:
