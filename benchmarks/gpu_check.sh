@@ -6,12 +6,9 @@
 #     bash benchmarks/gpu_check.sh            # figures and logs under $OUT (default /tmp/gensift-gpu)
 #
 # It installs gensift (no dependencies) into a folder of its own and puts it on PYTHONPATH,
-# so the machine's own torch and torchvision are used. Packages that machine lacks can come
-# as wheels in .whl/ (pure-Python or built for its Python): watchdog, pydantic,
-# pydantic-core, pydantic-settings, python-dotenv, annotated-types, typing-inspection,
-# loguru, platformdirs, send2trash, imagehash, pywavelets, starlette, uvicorn. On this
-# project's device machine (Python 3.12) they are fetched here with `pip download
-# --only-binary=:all: --python-version 3.12 ...` (see /work/.library/device/README.md).
+# so the machine's own torch and torchvision are used. The dependencies the device image
+# lacks come as wheels in .whl/: fetch them here first with benchmarks/gpu_wheels.sh and
+# name .whl in the device call's carry.
 #
 # What it measures, each against its own ceilings in the same run (benchmarks/*.py say how):
 #   1. sort_throughput.py, ResNet-50 x2 at batch 64, 512x512 PNGs, both scenarios: sort's
@@ -19,13 +16,17 @@
 #   2. the same for two fine-tuned stages with inference.compile = "on";
 #   3. watch_latency.py at 5 and at 200 images/s: p50 / p95 from rename to move;
 #   4. tests/test_cuda.py: the GPU paths against the CPU's answers.
-# Scale with COUNT (default 2000 images) and STEADY_SECONDS (default 30 s of steady watch load).
+# Scale with COUNT (default 2000 images) and STEADY_SECONDS (default 30 s of steady watch load);
+# STEPS picks steps (default "sort sort-compiled watch test-cuda"), to split a run over two
+# calls if one would outlast the device's 10 minutes.
 set -uo pipefail
 OUT=${OUT:-/tmp/gensift-gpu}
 COUNT=${COUNT:-2000}
 STEADY=${STEADY_SECONDS:-30}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-sort sort-compiled watch test-cuda}
+WORK=${WORK:-/tmp/gensift-gpu-work}  # drawn images, shared by the sort steps
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ fi
 
 step() {  # name, then the command: its output to $OUT/name.log, a line when it ends
     local name=$1; shift
+    case " $STEPS " in *" ${name%%-[0-9]*} "*) ;; *) return 0 ;; esac
     local started=$SECONDS
     "$@" >"$OUT/$name.log" 2>&1
     echo "== $name: exit $? after $((SECONDS - started)) s (tail follows)"
@@ -54,9 +56,10 @@ step() {  # name, then the command: its output to $OUT/name.log, a line when it 
 }
 
 step sort $PY benchmarks/sort_throughput.py --device "$DEVICE" --count "$COUNT" \
-    --batch-size 64 --rounds 2 --scenario both --compile off --json "$OUT/sort.json"
+    --batch-size 64 --rounds 2 --scenario both --compile off --dir "$WORK" \
+    --json "$OUT/sort.json"
 step sort-compiled $PY benchmarks/sort_throughput.py --device "$DEVICE" --count "$COUNT" \
-    --batch-size 64 --rounds 1 --scenario finetuned --compile on \
+    --batch-size 64 --rounds 1 --scenario finetuned --compile on --dir "$WORK" \
     --json "$OUT/sort-compiled.json"
 for rate in 5 200; do
     step "watch-$rate" $PY benchmarks/watch_latency.py --device "$DEVICE" --rate "$rate" \

@@ -14,6 +14,7 @@ import torch
 from sortkit import check_ledger, decisions, sha, write_config
 from watchkit import daemon_thread, drawn_files, logged, recalibrated, wait_decided, wait_for
 
+from gensift.daemon.runtime import sifter as sifter_module
 from gensift.daemon.runtime import worker as worker_module
 from gensift.models import predictor as predictor_module
 
@@ -22,6 +23,7 @@ REAL_FORWARD = predictor_module.forward
 REAL_PREPARE = predictor_module.prepare_for_inference
 REAL_RESOLVE = predictor_module.resolve_device
 REAL_TO = torch.nn.Module.to
+REAL_UPLOAD = sifter_module.upload
 
 
 def out_of_memory() -> torch.OutOfMemoryError:
@@ -46,9 +48,9 @@ class FakeGpu:
 
 @pytest.fixture
 def gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
-    """A CUDA device that is not there: ``cuda`` resolves, moving a module to it leaves it on
-    the CPU, and a forward pass "on" it runs on the CPU, unless the test says it runs out
-    of memory. The daemon's code runs as it would on a GPU."""
+    """A CUDA device that is not there: ``cuda`` resolves, moving a module or a batch to it
+    leaves it on the CPU, and a forward pass "on" it runs on the CPU, unless the test says
+    it runs out of memory. The daemon's code runs as it would on a GPU."""
     fake = FakeGpu()
 
     def resolve(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -75,11 +77,15 @@ def gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
         runs_on = torch.device("cpu") if device.type == "cuda" else device
         return REAL_FORWARD(module, images, runs_on, amp)
 
+    def upload(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        return REAL_UPLOAD(images, torch.device("cpu") if device.type == "cuda" else device)
+
     monkeypatch.setattr(predictor_module, "resolve_device", resolve)
     monkeypatch.setattr(worker_module, "resolve_device", resolve)
     monkeypatch.setattr(torch.nn.Module, "to", to)
     monkeypatch.setattr(predictor_module, "prepare_for_inference", prepare)
     monkeypatch.setattr(predictor_module, "forward", forward)
+    monkeypatch.setattr(sifter_module, "upload", upload)  # a batch "uploaded" stays here
     return fake
 
 
