@@ -5,8 +5,8 @@
 #
 #     bash benchmarks/gpu_check.sh            # figures and logs under $OUT (default /tmp/gensift-gpu)
 #
-# It installs gensift (no dependencies) into a folder of its own and puts it on PYTHONPATH,
-# so the machine's own torch and torchvision are used. The dependencies the device image
+# It puts gensift from this tree on PYTHONPATH (no install), so the machine's own torch and
+# torchvision are used. The dependencies the device image
 # lacks come as wheels in .whl/: fetch them here first with benchmarks/gpu_wheels.sh and
 # name .whl in the device call's carry.
 #
@@ -37,10 +37,13 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/gensift-deps${PYTHONPATH:+:$PYTHONPATH}
 fi
 if ! $PY -c "import gensift.daemon.cli" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/gensift-pkg . \
-        || exit 1
-    export PYTHONPATH=/tmp/gensift-pkg${PYTHONPATH:+:$PYTHONPATH}
-    export PATH=/tmp/gensift-pkg/bin:$PATH
+    # gensift from this tree, as the package its pyproject maps it to (no build step, so no
+    # setuptools needed); the benchmarks then run it as `python -m gensift.daemon.cli`
+    mkdir -p /tmp/gensift-src/gensift
+    ln -sfn "$PWD/daemon" /tmp/gensift-src/gensift/daemon
+    ln -sfn "$PWD/models" /tmp/gensift-src/gensift/models
+    export PYTHONPATH=/tmp/gensift-src${PYTHONPATH:+:$PYTHONPATH}
+    $PY -c "import gensift.daemon.cli" || exit 1
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc;
   $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)"; } \
