@@ -117,6 +117,8 @@ def test_x_on_an_audit_item_quarantines_it_and_counts_as_an_audit_label(
     rejected = scene.root / "_rejected" / entry.destination.name
     wait_for(rejected.exists, timeout=30, what="the audited file in _rejected/")
     assert sha(rejected) == entry.sha256
+    # the label is written once the move is recorded; the page marks the tile when done
+    page.wait_for_selector(".tile.acted")  # type: ignore[attr-defined]
     with Journal.open(scene.journal) as journal:
         label = current_labels(journal.labels())[(entry.sha256, "quality")]
     assert (label.label, label.source) == ("reject", "audit")
