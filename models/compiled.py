@@ -18,8 +18,9 @@ change nothing). ``sort`` compiles only ``inference.batch_size``; ``watch`` also
 so a lone file is not run as a batch of 16.
 
 A compiled model must give the probabilities the thresholds were calibrated on:
-:func:`agrees` compares the compiled cascade with the eager one on a probe batch and the
-caller keeps the eager model, with a warning, when any probability differs by more than
+:meth:`~gensift.models.predictor.Predictor.compiled` compares the compiled cascade with the
+eager one on a probe batch (:func:`probe_images`, :func:`largest_difference`) and keeps the
+eager models, with a warning, when any probability differs by more than
 :data:`TOLERANCE` or the compile fails (no C++ compiler, an operator inductor cannot
 handle, a torch without inductor for this platform).
 """

@@ -197,6 +197,7 @@ class Predictor:
         probe batch to within :data:`~gensift.models.compiled.TOLERANCE`; else ``self``, with
         a warning saying why. Compiling takes seconds to a minute, here, not at the first file.
         """
+        sizes = sorted(set(sizes))
         runners = {stage: PaddedModule(r, sizes) for stage, r in self.runners.items()}
         candidate = Predictor(
             list(self.stages.values()), self.device, self.amp, self.precision, runners
@@ -204,7 +205,7 @@ class Predictor:
         started = time.perf_counter()
         try:
             with compiling():  # each size compiles on its first batch
-                for size in sorted(set(sizes)):
+                for size in sizes:
                     candidate.predict(self.probe(size), _all)
             probe = self.probe(min(4, max(sizes)), seed=1)  # padded up: that is checked too
             difference = largest_difference(
@@ -229,7 +230,7 @@ class Predictor:
         logger.info(
             "models compiled for batches of {} in {:.1f} s (probabilities within {:.1g} of "
             "the uncompiled models)",
-            ", ".join(map(str, sorted(set(sizes)))),
+            ", ".join(map(str, sizes)),
             time.perf_counter() - started,
             difference,
         )

@@ -23,7 +23,7 @@ from loguru import logger
 
 from gensift.daemon.config import Settings
 from gensift.daemon.routing.fileops import shown
-from gensift.daemon.routing.records import Decision, FileState
+from gensift.daemon.routing.records import FileState
 from gensift.daemon.routing.router import Job, Outcome, Router
 from gensift.daemon.runtime.decide import (
     Policy,
@@ -190,12 +190,12 @@ class Sifter:
         """Corrupt and blank files are decided without a model (and routed as one batch); the
         rest wait for later. The outcomes in the order of ``items``."""
         policy = self.cascade.policy
-        decided = [
-            (item, rule_decision(policy, item.status, item.note), {})  # type: ignore[arg-type]
+        jobs = [
+            Job(item.file, rule_decision(policy, item.status, item.note), {})  # type: ignore[arg-type]
             for item in items
             if item.status in RULED
         ]
-        routed = iter(self._route(decided))
+        routed = iter(self._route(jobs))
         return [next(routed) if item.status in RULED else self._later(item) for item in items]
 
     def _later(self, item: Decoded) -> Outcome:
@@ -212,7 +212,7 @@ class Sifter:
         as one batch."""
         return self._route(self.decide(batch))
 
-    def decide(self, batch: Sequence[Decoded]) -> list[tuple[Decoded, Decision, dict[str, str]]]:
+    def decide(self, batch: Sequence[Decoded]) -> list[Job]:
         """One forward pass of the cascade over decoded images, and their decisions."""
         predictor = self.cascade.predictor
         inputs = {
@@ -220,18 +220,18 @@ class Sifter:
             for key, preset in predictor.presets.items()
         }
         results = predictor.predict(inputs, self._passes)
-        decided = []
+        jobs = []
         for item, probs in zip(batch, results, strict=True):
             decision = decide(self.cascade.policy, probs.get("quality"), probs.get("feature"))
             ids = {stage: predictor.stages[stage].meta.id for stage in probs}
-            decided.append((item, decision, ids))
-        return decided
+            jobs.append(Job(item.file, decision, ids))
+        return jobs
 
-    def _route(self, decided: Sequence[tuple[Decoded, Decision, dict[str, str]]]) -> list[Outcome]:
+    def _route(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Hand decisions to the router as one batch; log each outcome."""
-        if not decided:
+        if not jobs:
             return []
-        outcomes = self.router.apply_many([Job(item.file, d, ids) for item, d, ids in decided])
+        outcomes = self.router.apply_many(jobs)
         for outcome in outcomes:
             self._report(outcome)
         return outcomes

@@ -49,7 +49,13 @@ from gensift.daemon.routing.router import Outcome, Router, summary_label
 from gensift.daemon.runtime.decode import Decoded, default_workers
 from gensift.daemon.runtime.layout import class_folders
 from gensift.daemon.runtime.paths import Reported
-from gensift.daemon.runtime.sifter import Cascade, Sifter, compiled_cascade, load_cascade
+from gensift.daemon.runtime.sifter import (
+    RULED,
+    Cascade,
+    Sifter,
+    compiled_cascade,
+    load_cascade,
+)
 from gensift.daemon.runtime.watcher import Arrivals
 from gensift.models.device import resolve_device
 from gensift.models.errors import InputError, RuntimeProblem
@@ -288,7 +294,7 @@ class Worker:
         items = []
         for path, future in batch:
             item = future.result()
-            if item.status in ("ok", "blank", "corrupt") and journal.decided(item.file):
+            if item.status in ("ok", *RULED) and journal.decided(item.file):
                 self.arrivals.done(path)  # a rescan raced with the decision: nothing to do
             else:
                 items.append(item)
